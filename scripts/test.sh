@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The README's test command: a fresh virtual environment, torch 2.13.0 (CPU) first,
+# then gptforge with its [dev] extra, then the fast test tier.
+# Slow tests: `bash scripts/test.sh -m slow`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export GPTFORGE_DATA_DIR="${GPTFORGE_DATA_DIR:-$(cd .. && pwd)/shared/data}"
+python3 -m venv .venv
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+python -m pip install -q torch==2.13.0
+python -m pip install -q -e ".[dev]"
+python -m pytest -q "$@"

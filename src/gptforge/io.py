@@ -1,0 +1,201 @@
+"""File helpers shared by every part of gptforge: JSON/YAML/safetensors, atomic
+writes, format versions, the data cache, and refusing pickles.
+
+Why atomic writes everywhere: a user who presses Ctrl-C (or whose machine dies)
+in the middle of a save must never find a half-written file that looks
+complete. We write to a temporary name in the same folder and ``os.replace`` it
+into place, which is atomic on POSIX filesystems.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from gptforge.errors import CheckpointError, GptforgeError, UnsafeFileError
+
+FORMAT_VERSION = 1  # bump when an on-disk schema changes; readers upgrade older ones
+
+
+def data_dir() -> Path:
+    """The data cache: ``$GPTFORGE_DATA_DIR``, else ``~/.cache/gptforge``.
+
+    Read at call time (never at import), so tests can point it elsewhere.
+    """
+    env = os.environ.get("GPTFORGE_DATA_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "gptforge"
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks so large files cost no memory."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Atomically write ``obj`` as indented UTF-8 JSON."""
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode())
+
+
+def read_json(path: str | os.PathLike, what: str = "file") -> Any:
+    """Read a JSON file, turning a missing or malformed file into a clear error."""
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise GptforgeError(f"{what} not found: {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise GptforgeError(f"{what} {path} is not valid JSON ({e}); re-create it") from None
+
+
+def write_yaml(path: str | os.PathLike, obj: Any) -> None:
+    """Atomically write ``obj`` as YAML (keys in insertion order)."""
+    import yaml
+
+    atomic_write_bytes(path, yaml.safe_dump(obj, sort_keys=False).encode())
+
+
+def read_yaml(path: str | os.PathLike, what: str = "YAML file") -> Any:
+    """Read a YAML file with ``safe_load`` (never constructs arbitrary objects)."""
+    import yaml
+
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return yaml.safe_load(f)
+    except FileNotFoundError:
+        raise GptforgeError(f"{what} not found: {path}") from None
+    except yaml.YAMLError as e:
+        raise GptforgeError(f"{what} {path} is not valid YAML: {e}") from None
+
+
+def check_format_version(obj: dict, path: str | os.PathLike, what: str) -> dict:
+    """Check the ``format_version`` field of a loaded JSON object.
+
+    Files without a version are treated as version 1 (the first format). A file
+    from a newer gptforge is refused with a hint to upgrade.
+    """
+    version = obj.get("format_version", 1)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise GptforgeError(
+            f"{what} {path} has format_version {version!r}, but this gptforge reads up to "
+            f"{FORMAT_VERSION}; upgrade gptforge"
+        )
+    return obj
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Build a directory under a temporary name and rename it to ``final`` when complete.
+
+    Usage::
+
+        with atomic_dir(out) as tmp:
+            write files into tmp
+        # now `out` exists and is complete
+
+    If the block raises (or the process is killed), ``final`` is untouched and the
+    temporary folder (``.final.tmp-XXXX``) is removed or left clearly marked.
+    """
+    final = Path(final)
+    if final.exists() and not overwrite:
+        raise GptforgeError(f"output {final} already exists; pass --overwrite or choose another path")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        yield tmp
+        if final.exists():
+            trash = final.with_name(f".{final.name}.old-{os.getpid()}")
+            os.replace(final, trash)
+            os.replace(tmp, final)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        _fsync_dir(final.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def save_safetensors(tensors: dict, path: str | os.PathLike, metadata: dict | None = None) -> None:
+    """Atomically save a dict of tensors as safetensors (contiguous copies, string metadata)."""
+    from safetensors.torch import save
+
+    clean = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    meta = {k: str(v) for k, v in (metadata or {}).items()}
+    atomic_write_bytes(path, save(clean, metadata=meta))
+
+
+def load_safetensors(path: str | os.PathLike, device: str = "cpu") -> dict:
+    """Load a safetensors file into a dict of tensors, with a clear error when it is bad."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise GptforgeError(f"weights file not found: {path}")
+    try:
+        return load_file(str(path), device=device)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"cannot read {path}: {e}; the file is corrupt or not safetensors") from None
+
+
+def torch_load_safe(path: str | os.PathLike, map_location: str = "cpu") -> Any:
+    """``torch.load`` with ``weights_only=True``: a file that needs code to load is refused.
+
+    Pickles can run arbitrary code when loaded; ``weights_only`` restricts the
+    unpickler to tensors and plain containers, so a planted payload raises
+    instead of executing.
+    """
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise GptforgeError(f"file not found: {path}") from None
+    except (pickle.UnpicklingError, AttributeError, RuntimeError, EOFError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UnsafeFileError(
+            f"refused to load {path}: it is not a plain tensor file ({first}); "
+            "gptforge never runs code from files; convert it to safetensors"
+        ) from None

@@ -1,0 +1,116 @@
+"""``GPTConfig`` and the named presets (DESIGN.md's table).
+
+Imports no torch: configs are parsed and checked before the model is built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
+
+from gptforge.config import apply, cfg_field
+from gptforge.errors import ConfigError
+
+
+@dataclass
+class GPTConfig:
+    """The shape and options of a GPT. Every field maps to ``--model.FIELD``."""
+
+    vocab_size: int | None = cfg_field(None, "vocabulary size; None = taken from the tokenizer/dataset")
+    block_size: int = cfg_field(256, "context length (maximum sequence length)")
+    n_layer: int = cfg_field(6, "number of transformer blocks")
+    n_head: int = cfg_field(6, "attention heads per block")
+    n_embd: int = cfg_field(384, "embedding (residual stream) width")
+    head_size: int | None = cfg_field(None, "size of one head; None = n_embd // n_head")
+    mlp_hidden: int | None = cfg_field(None, "MLP hidden width; None = 4 * n_embd")
+    activation: Literal["gelu", "relu"] = cfg_field("gelu", "MLP activation (gelu = tanh approximation, as GPT-2)")
+    norm: Literal["pre", "post"] = cfg_field("pre", "LayerNorm before (GPT-2) or after (GPT-1) each sub-block")
+    dropout: float = cfg_field(0.0, "dropout on embeddings, attention weights and residual outputs")
+    bias: bool = cfg_field(True, "biases in Linear and LayerNorm layers")
+    tie_weights: bool = cfg_field(True, "share the token embedding and LM head weights")
+    attention: Literal["sdpa", "explicit"] = cfg_field(
+        "sdpa", "sdpa = torch scaled_dot_product_attention (fused); explicit = readable reference"
+    )
+    layer_norm_eps: float = cfg_field(1e-5, "LayerNorm epsilon")
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("block_size", "n_layer", "n_head", "n_embd"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                problems.append(f"model.{name} must be a positive integer, got {value!r}")
+        for name in ("vocab_size", "head_size", "mlp_hidden"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value <= 0):
+                problems.append(f"model.{name} must be a positive integer or None, got {value!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            problems.append(f"model.dropout must be in [0, 1), got {self.dropout!r}")
+        if (
+            self.head_size is None
+            and isinstance(self.n_head, int)
+            and isinstance(self.n_embd, int)
+            and self.n_head > 0
+            and self.n_embd % self.n_head != 0
+        ):
+            problems.append(
+                f"model.n_embd ({self.n_embd}) is not divisible by model.n_head ({self.n_head}); "
+                "change one of them or set model.head_size explicitly"
+            )
+        if problems:
+            raise ConfigError("\n".join(problems))
+
+    @property
+    def head_dim(self) -> int:
+        """The size of one attention head (``head_size`` or ``n_embd // n_head``)."""
+        return self.head_size if self.head_size is not None else self.n_embd // self.n_head
+
+    @property
+    def hidden_dim(self) -> int:
+        """The MLP hidden width (``mlp_hidden`` or ``4 * n_embd``)."""
+        return self.mlp_hidden if self.mlp_hidden is not None else 4 * self.n_embd
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: object) -> GPTConfig:
+        """A copy of the named preset, with ``overrides`` applied (e.g. ``vocab_size=65``)."""
+        import difflib
+
+        if name not in PRESETS:
+            hint = difflib.get_close_matches(name, PRESETS, n=1)
+            extra = f"; did you mean {hint[0]!r}?" if hint else f"; choose one of: {', '.join(PRESETS)}"
+            raise ConfigError(f"unknown preset {name!r}{extra}")
+        return apply(dataclasses.replace(PRESETS[name]), overrides, source=f"preset {name}")
+
+
+def _gpt2(n_layer: int, n_head: int, n_embd: int) -> GPTConfig:
+    # OpenAI GPT-2 (Radford et al. 2019): pre-LN, GELU (tanh), learned positions, tied LM head.
+    return GPTConfig(vocab_size=50257, block_size=1024, n_layer=n_layer, n_head=n_head, n_embd=n_embd)
+
+
+def _toygpt(n_layer: int, n_head: int, n_embd: int) -> GPTConfig:
+    # The toyGPT seed: GPT-2 blocks at context 512 with the GPT-2 vocabulary.
+    return GPTConfig(vocab_size=50257, block_size=512, n_layer=n_layer, n_head=n_head, n_embd=n_embd)
+
+
+PRESETS: dict[str, GPTConfig] = {
+    # GPT-1 (Radford et al. 2018): post-LN, GELU, learned positions, 40478 BPE vocab, context 512.
+    "gpt1": GPTConfig(vocab_size=40478, block_size=512, n_layer=12, n_head=12, n_embd=768, norm="post"),
+    "gpt2": _gpt2(12, 12, 768),
+    "gpt2-medium": _gpt2(24, 16, 1024),
+    "gpt2-large": _gpt2(36, 20, 1280),
+    "gpt2-xl": _gpt2(48, 25, 1600),
+    "toygpt-small": _toygpt(12, 8, 768),
+    "toygpt-medium": _toygpt(16, 8, 1024),
+    "toygpt-large": _toygpt(24, 16, 2048),
+    # nanoGPT config/train_shakespeare_char.py: the "baby GPT".
+    "shakespeare-char": GPTConfig(block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=0.2, bias=False),
+    # The BPE-500 seed: ReLU MLP, 6 heads of 38 in a 232-wide model (6 * 38 = 228 != 232).
+    "shakespeare-bpe500": GPTConfig(
+        vocab_size=500, block_size=256, n_layer=5, n_head=6, n_embd=232, head_size=38,
+        activation="relu", dropout=0.2, tie_weights=False,
+    ),
+    # nanoGPT README's CPU recipe (n_layer=4 n_head=4 n_embd=128 block_size=64 dropout=0).
+    "shakespeare-char-cpu": GPTConfig(block_size=64, n_layer=4, n_head=4, n_embd=128, dropout=0.0, bias=False),
+    # A tiny model for tests (in the spirit of torchtitan's debugmodel flavour).
+    "test-tiny": GPTConfig(vocab_size=256, block_size=32, n_layer=2, n_head=2, n_embd=32),
+}

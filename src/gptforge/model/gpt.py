@@ -1,0 +1,340 @@
+"""A GPT language model in plain PyTorch, readable in one sitting.
+
+References:
+  GPT-1: Radford et al. 2018, "Improving Language Understanding by Generative Pre-Training"
+         (post-LN blocks, GELU, learned positions).
+  GPT-2: Radford et al. 2019, "Language Models are Unsupervised Multitask Learners"
+         (pre-LN blocks, a final LayerNorm, residual projections scaled at init).
+  Attention: Vaswani et al. 2017, "Attention Is All You Need".
+
+Shape legend used in the comments:
+  B batch, T time (new positions in this call), S key positions (cache included),
+  C n_embd, nh n_head, hs head size, H MLP hidden width, V vocab size.
+
+Parameter names follow GPT-2 (``wte``, ``wpe``, ``h.N.ln_1``, ``attn.c_attn``,
+``attn.c_proj``, ``mlp.c_fc``, ``mlp.c_proj``, ``ln_2``, ``ln_f``, ``lm_head``)
+so importing OpenAI's weights is a key map plus a transpose.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from gptforge.errors import ModelError
+from gptforge.model.config import GPTConfig
+from gptforge.model.kv_cache import KVCache
+
+IGNORE_INDEX = -100  # targets with this value add nothing to the loss (padding, prompts)
+
+
+def build_attention_mask(
+    T: int,
+    S: int,
+    key_padding: torch.Tensor | None,
+    device: torch.device,
+) -> torch.Tensor:
+    """The boolean mask of which key each query may attend to (True = allowed).
+
+    Queries are the last T of S positions. Query i (absolute position S - T + i)
+    sees keys j <= S - T + i (causality) that are not padding. A padded query
+    would see no key at all (a softmax over nothing is NaN), so every query may
+    always see itself; padded outputs are ignored anyway.
+
+    Args:
+        T: number of query positions.
+        S: number of key positions (cached + new).
+        key_padding: (B, S) bool or 0/1, True/1 for real tokens; or None.
+
+    Returns:
+        (B or 1, 1, T, S) bool.
+    """
+    q_pos = torch.arange(S - T, S, device=device).unsqueeze(1)  # (T, 1)
+    k_pos = torch.arange(S, device=device).unsqueeze(0)  # (1, S)
+    causal = k_pos <= q_pos  # (T, S)
+    if key_padding is None:
+        return causal[None, None]  # (1, 1, T, S)
+    keep = key_padding.to(device=device, dtype=torch.bool)[:, None, None, :]  # (B, 1, 1, S)
+    return (causal & keep) | (k_pos == q_pos)  # (B, 1, T, S)
+
+
+def explicit_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, dropout: nn.Dropout
+) -> torch.Tensor:
+    """Scaled dot-product attention written out: the version to learn from.
+
+    Args:
+        q: (B, nh, T, hs) queries; k, v: (B, nh, S, hs); mask: (B|1, 1, T, S) bool or None
+           (None means plain causal with T == S).
+
+    Returns:
+        (B, nh, T, hs)
+    """
+    T, S = q.shape[-2], k.shape[-2]
+    scores = q @ k.transpose(-2, -1) * (1.0 / math.sqrt(q.shape[-1]))  # (B, nh, T, S)
+    if mask is None:
+        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)  # (T, S)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    weights = F.softmax(scores, dim=-1)  # (B, nh, T, S), each row sums to 1
+    weights = dropout(weights)
+    return weights @ v  # (B, nh, T, hs)
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention, explicit or fused (same weights, same results)."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.n_head = config.n_head
+        self.head_size = config.head_dim
+        inner = self.n_head * self.head_size  # may differ from n_embd (shakespeare-bpe500: 228 vs 232)
+        self.c_attn = nn.Linear(config.n_embd, 3 * inner, bias=config.bias)  # q, k, v for all heads
+        self.c_proj = nn.Linear(inner, config.n_embd, bias=config.bias)
+        self.attn_dropout = nn.Dropout(config.dropout)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.dropout_p = config.dropout
+        self.impl = config.attention
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        kv_cache: KVCache | None = None,
+        layer: int = 0,
+    ) -> torch.Tensor:
+        B, T, _ = x.shape  # (B, T, C)
+        q, k, v = self.c_attn(x).split(self.n_head * self.head_size, dim=2)  # 3 x (B, T, nh*hs)
+        q = q.view(B, T, self.n_head, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
+        if kv_cache is not None:
+            k, v = kv_cache.update(layer, k, v)  # (B, nh, S, hs) with S = cached + T
+        if self.impl == "explicit":
+            y = explicit_attention(q, k, v, mask, self.attn_dropout)  # (B, nh, T, hs)
+        else:
+            p = self.dropout_p if self.training else 0.0
+            if mask is None and k.shape[2] == T:
+                y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+            else:
+                if mask is None:  # one or more new queries against a longer cache
+                    mask = build_attention_mask(T, k.shape[2], None, x.device)
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        y = y.transpose(1, 2).contiguous().view(B, T, self.n_head * self.head_size)  # (B, T, nh*hs)
+        return self.resid_dropout(self.c_proj(y))  # (B, T, C)
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward: C -> H -> C with GELU (tanh) or ReLU."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, config.hidden_dim, bias=config.bias)
+        self.act = nn.GELU(approximate="tanh") if config.activation == "gelu" else nn.ReLU()
+        self.c_proj = nn.Linear(config.hidden_dim, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(self.act(self.c_fc(x))))  # (B, T, C) -> (B, T, H) -> (B, T, C)
+
+
+class Block(nn.Module):
+    """One transformer block. Pre-LN (GPT-2): x + f(ln(x)). Post-LN (GPT-1): ln(x + f(x))."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.pre_norm = config.norm == "pre"
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor | None = None, kv_cache: KVCache | None = None, layer: int = 0
+    ) -> torch.Tensor:
+        if self.pre_norm:
+            x = x + self.attn(self.ln_1(x), mask, kv_cache, layer)  # (B, T, C)
+            x = x + self.mlp(self.ln_2(x))  # (B, T, C)
+        else:
+            x = self.ln_1(x + self.attn(x, mask, kv_cache, layer))  # (B, T, C)
+            x = self.ln_2(x + self.mlp(x))  # (B, T, C)
+        return x
+
+
+class GPT(nn.Module):
+    """Token + position embeddings, ``n_layer`` blocks, a final norm (pre-LN only), an LM head."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        if config.vocab_size is None:
+            raise ModelError("model.vocab_size is not set; take it from the tokenizer (tokenizer.vocab_size)")
+        self.config = config
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.vocab_size, config.n_embd),
+                wpe=nn.Embedding(config.block_size, config.n_embd),
+                drop=nn.Dropout(config.dropout),
+                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+                # GPT-1's post-LN blocks already end in a LayerNorm, so it has no final one.
+                ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
+                if config.norm == "pre"
+                else nn.Identity(),
+            )
+        )
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_weights:
+            self.lm_head.weight = self.transformer.wte.weight  # one matrix, used twice
+        self.tokenizer = None  # set by load_model
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """GPT-2 initialisation.
+
+        Linear and Embedding weights ~ N(0, 0.02); biases 0; LayerNorm weight 1, bias 0.
+        The output projections that write into the residual stream (``attn.c_proj``
+        and ``mlp.c_proj``) use std 0.02 / sqrt(2 * n_layer): each block adds two such
+        outputs to the stream, and scaling keeps its variance from growing with depth.
+        """
+        residual_std = 0.02 / math.sqrt(2 * self.config.n_layer)
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear):
+                std = residual_std if name.endswith("c_proj") else 0.02
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+    @property
+    def device(self) -> torch.device:
+        return self.transformer.wte.weight.device
+
+    def _check_input(self, idx: torch.Tensor, start: int) -> None:
+        if idx.dim() != 2 or idx.dtype not in (torch.long, torch.int, torch.int32, torch.int64):
+            raise ModelError(f"expected a LongTensor of shape (B, T), got {idx.dtype} of shape {tuple(idx.shape)}")
+        T = idx.shape[1]
+        if start + T > self.config.block_size:
+            raise ModelError(
+                f"sequence length {start + T} exceeds block_size {self.config.block_size}; "
+                "shorten the input (generation slides a window over it)"
+            )
+        # A bounds check on the CPU only: on CUDA it would force a device sync every step,
+        # and the trainer checks the dataset vocabulary against the model once instead.
+        if idx.device.type == "cpu" and idx.numel() and (idx.min() < 0 or idx.max() >= self.config.vocab_size):
+            bad = int(idx.max()) if idx.max() >= self.config.vocab_size else int(idx.min())
+            raise ModelError(f"token id {bad} is out of range for vocab_size {self.config.vocab_size}")
+
+    def hidden_states(
+        self,
+        idx: torch.Tensor,
+        *,
+        kv_cache: KVCache | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The final hidden states (after ``ln_f``), before the LM head.
+
+        Args:
+            idx: (B, T) token ids. With a cache they are the T positions after ``kv_cache.pos``.
+            kv_cache: a cache from :meth:`make_kv_cache`; it is written to and advanced by T.
+            attention_mask: (B, S) with 1 for real tokens and 0 for padding, S = cached + T.
+            position_ids: (B, T) positions; default ``pos .. pos + T - 1``. Left-padded
+                batches pass positions that start at 0 on each row's first real token.
+
+        Returns:
+            (B, T, C)
+        """
+        start = kv_cache.pos if kv_cache is not None else 0
+        self._check_input(idx, start)
+        B, T = idx.shape
+        if position_ids is None:
+            position_ids = torch.arange(start, start + T, device=idx.device).unsqueeze(0)  # (1, T)
+        tok = self.transformer.wte(idx)  # (B, T, C)
+        pos = self.transformer.wpe(position_ids)  # (B or 1, T, C)
+        x = self.transformer.drop(tok + pos)  # (B, T, C)
+        S = start + T
+        mask = None
+        if attention_mask is not None:
+            mask = build_attention_mask(T, S, attention_mask, idx.device)  # (B, 1, T, S)
+        elif S != T:  # new queries after cached positions: causal offset by `start`
+            mask = build_attention_mask(T, S, None, idx.device)  # (1, 1, T, S)
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, mask, kv_cache, i)  # (B, T, C)
+        if kv_cache is not None:
+            kv_cache.advance(T)
+        return self.transformer.ln_f(x)  # (B, T, C)
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        *,
+        kv_cache: KVCache | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        last_only: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Logits for every position, and the loss when ``targets`` are given.
+
+        Args:
+            idx: (B, T) token ids.
+            targets: (B, T) next-token ids; ``IGNORE_INDEX`` (-100) positions are skipped.
+            kv_cache, attention_mask, position_ids: see :meth:`hidden_states`.
+            last_only: compute logits for the last position only (generation), (B, 1, V).
+
+        Returns:
+            logits (B, T, V), or ``(logits, loss)`` when targets are given.
+        """
+        x = self.hidden_states(idx, kv_cache=kv_cache, attention_mask=attention_mask, position_ids=position_ids)
+        if last_only:
+            x = x[:, [-1], :]  # (B, 1, C); a list index keeps the time dim
+        logits = self.lm_head(x)  # (B, T, V)
+        if targets is None:
+            return logits
+        loss = F.cross_entropy(
+            logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX
+        )
+        return logits, loss
+
+    def make_kv_cache(
+        self, batch_size: int, max_seq_len: int | None = None, dtype: torch.dtype | None = None
+    ) -> KVCache:
+        """A preallocated cache for ``batch_size`` sequences of up to ``max_seq_len`` (default block_size)."""
+        c = self.config
+        return KVCache(
+            n_layer=c.n_layer,
+            batch_size=batch_size,
+            n_head=c.n_head,
+            max_seq_len=min(max_seq_len or c.block_size, c.block_size),
+            head_size=c.head_dim,
+            device=self.device,
+            dtype=dtype or self.transformer.wte.weight.dtype,
+        )
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Parameter count (shared tensors counted once). ``non_embedding`` leaves out the
+        position embeddings, as nanoGPT reports; the token embedding is kept because, tied,
+        it is also the LM head."""
+        n = sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())
+        if non_embedding:
+            n -= self.transformer.wpe.weight.numel()
+        return n
+
+    @torch.no_grad()
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 top_p: float | None = None, **kwargs: object) -> torch.Tensor:
+        """Continue ``idx`` (B, T) by ``max_new_tokens``; returns (B, T + new). Temperature 0 is greedy.
+
+        The decoding loop (KV cache, sampling methods, stop conditions) lives in
+        :mod:`gptforge.generate.engine`; see :func:`gptforge.generate.engine.generate`
+        for every option.
+        """
+        from gptforge.generate.engine import generate  # decoding is its own package
+
+        return generate(self, idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, **kwargs)

@@ -1,0 +1,71 @@
+"""A preallocated key/value cache for incremental decoding.
+
+Without a cache, generating token t+1 recomputes attention keys and values for
+all t previous tokens. With it, each step computes k and v for the new token
+only and writes them in place into buffers allocated once, so a step costs
+O(t) attention reads and no tensor concatenation or reallocation.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class KVCache:
+    """Keys and values of every layer, preallocated.
+
+    Buffers ``k`` and ``v`` have shape (n_layer, B, nh, S, hs) where S is
+    ``max_seq_len``. ``pos`` counts the positions already filled: the next
+    forward writes its T new positions at ``[pos, pos + T)``.
+
+    Usage (what ``GPT.forward`` does)::
+
+        k_all, v_all = cache.update(layer, k, v)   # each layer: write, get (B, nh, pos + T, hs)
+        cache.advance(T)                           # once all layers have written
+    """
+
+    def __init__(
+        self,
+        n_layer: int,
+        batch_size: int,
+        n_head: int,
+        max_seq_len: int,
+        head_size: int,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        shape = (n_layer, batch_size, n_head, max_seq_len, head_size)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.pos = 0
+        self.max_seq_len = max_seq_len
+
+    @property
+    def batch_size(self) -> int:
+        return self.k.shape[1]
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write the new keys/values (B, nh, T, hs) of ``layer`` and return all of them so far.
+
+        Returns:
+            (k_all, v_all), views of shape (B, nh, pos + T, hs).
+        """
+        T = k.shape[2]
+        end = self.pos + T
+        if end > self.max_seq_len:
+            raise ValueError(f"KV cache overflow: {end} positions exceed its size {self.max_seq_len}")
+        self.k[layer, :, :, self.pos : end] = k
+        self.v[layer, :, :, self.pos : end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def advance(self, T: int) -> None:
+        """Mark T more positions as filled (called once per forward, after every layer)."""
+        self.pos += T
+
+    def reset(self) -> None:
+        """Forget every position (the buffers are reused, not reallocated)."""
+        self.pos = 0
+
+    def crop(self, length: int) -> None:
+        """Keep only the first ``length`` positions (e.g. to roll back speculative tokens)."""
+        self.pos = min(self.pos, length)

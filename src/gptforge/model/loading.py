@@ -1,0 +1,185 @@
+"""Model dirs: save a model with its config and tokenizer, and load any model PATH.
+
+A model dir holds ``config.json`` (``{"format_version", "kind": "gptforge-model",
+"model": {GPTConfig fields}, ...}``), ``model.safetensors`` and ``tokenizer.json``.
+Other parts of gptforge add their own top-level keys to ``config.json``
+(``quantization``, ``chat_template``, ``classifier``) and their own loading hooks.
+
+``PATH`` may be a model dir, a run dir (its ``final/``, else the checkpoint that
+``latest`` names), or a Hugging Face GPT-2 folder (``model_type: gpt2``).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gptforge.config import from_dict, to_dict
+from gptforge.errors import ModelError
+from gptforge.io import FORMAT_VERSION, check_format_version, load_safetensors, read_json, save_safetensors, write_json
+from gptforge.model.config import GPTConfig
+from gptforge.model.gpt import GPT
+
+logger = logging.getLogger(__name__)
+
+MODEL_KIND = "gptforge-model"
+
+
+def model_state_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict to write: unwrapped keys, and a tied LM head written once.
+
+    safetensors refuses tensors that share memory; the tie is restored at load
+    from ``config.tie_weights``.
+    """
+    model = unwrap_model(model)
+    state = model.state_dict()
+    if getattr(getattr(model, "config", None), "tie_weights", False):
+        state.pop("lm_head.weight", None)
+    return state
+
+
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain module behind ``torch.compile`` (``_orig_mod``) and DDP/FSDP (``module``)."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(getattr(model, "module", None), torch.nn.Module):
+            model = model.module
+        else:
+            return model
+
+
+def strip_wrapper_prefixes(state: dict[str, Any]) -> dict[str, Any]:
+    """Drop ``_orig_mod.`` / ``module.`` key prefixes left by compile or DDP (older files)."""
+    out = {}
+    for key, value in state.items():
+        while key.startswith(("_orig_mod.", "module.")):
+            key = key.split(".", 1)[1]
+        out[key] = value
+    return out
+
+
+def save_model(
+    model: GPT, out_dir: str | Path, tokenizer: Any = None, extra_config: dict[str, Any] | None = None
+) -> Path:
+    """Write a model dir (``config.json``, ``model.safetensors``, ``tokenizer.json``) into ``out_dir``.
+
+    The caller makes it atomic (``io.atomic_dir``) where that matters.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = unwrap_model(model)
+    tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
+    config = {"format_version": FORMAT_VERSION, "kind": MODEL_KIND, "model": to_dict(model.config)}
+    config.update(extra_config or {})
+    save_safetensors(model_state_for_saving(model), out / "model.safetensors", metadata={"format": "pt"})
+    if tokenizer is not None:
+        tokenizer.save(out / "tokenizer.json")
+    write_json(out / "config.json", config)
+    return out
+
+
+def resolve_model_dir(path: str | Path) -> Path:
+    """Find the model dir behind ``path``: itself, a run's ``final/``, or its latest checkpoint."""
+    p = Path(path)
+    if not p.exists():
+        raise ModelError(f"model path {p} does not exist; pass a model dir, a run dir or a GPT-2 folder")
+    if (p / "config.json").is_file():
+        return p
+    if (p / "final" / "config.json").is_file():
+        return p / "final"
+    latest = p / "latest"
+    if latest.is_file():
+        name = latest.read_text().strip()
+        ckpt = p / "checkpoints" / name
+        if (ckpt / "config.json").is_file():
+            return ckpt
+    raise ModelError(
+        f"{p} holds no model: expected config.json + model.safetensors, a run dir with final/, "
+        "or a run dir with a latest checkpoint"
+    )
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> GPT:
+    """Load a model (in eval mode) with its tokenizer at ``model.tokenizer``.
+
+    Args:
+        path: a model dir, a run dir, or a Hugging Face GPT-2 folder.
+        device: where to put the weights.
+        dtype: cast floating weights to this dtype (default: as saved).
+    """
+    model_dir = resolve_model_dir(path)
+    config = read_json(model_dir / "config.json", what="model config")
+    if not isinstance(config, dict):
+        raise ModelError(f"{model_dir / 'config.json'} is not a JSON object")
+    if config.get("model_type") == "gpt2" or "n_ctx" in config or "n_positions" in config:
+        from gptforge.model.hf_gpt2 import load_hf_gpt2  # a Hugging Face GPT-2 folder
+
+        model = load_hf_gpt2(model_dir)
+    else:
+        if config.get("kind") != MODEL_KIND or "model" not in config:
+            raise ModelError(f"{model_dir / 'config.json'} is not a gptforge model config (no 'model' section)")
+        check_format_version(config, model_dir / "config.json", "model config")
+        gpt_config = from_dict(GPTConfig, config["model"], source=str(model_dir / "config.json"))
+        model = _build_from_config(gpt_config, config, model_dir)
+        model.tokenizer = _load_tokenizer_if_any(model_dir)
+    model.model_dir = model_dir
+    model.extra_config = {k: v for k, v in config.items() if k not in ("model", "format_version", "kind")}
+    if dtype is not None:
+        model.to(dtype=dtype)
+    return model.to(device).eval()
+
+
+# Hooks that rebuild special models from config.json keys (quantization, classifier heads):
+# each takes (gpt_config, config_json, model_dir) and returns a model or None.
+LOAD_HOOKS: list = []
+
+
+def _build_from_config(gpt_config: GPTConfig, config: dict, model_dir: Path) -> GPT:
+    for hook in LOAD_HOOKS:
+        model = hook(gpt_config, config, model_dir)
+        if model is not None:
+            return model
+    with torch.device("meta"):
+        model = GPT(gpt_config)
+    state = strip_wrapper_prefixes(load_safetensors(model_dir / "model.safetensors"))
+    if gpt_config.tie_weights:
+        state.setdefault("lm_head.weight", state.get("transformer.wte.weight"))
+    load_state_strict(model, state, model_dir / "model.safetensors")
+    if gpt_config.tie_weights:
+        model.lm_head.weight = model.transformer.wte.weight
+    return model
+
+
+def load_state_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: Path | str) -> None:
+    """``load_state_dict(assign=True)`` with errors that name missing, unexpected and misshapen keys."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    misshapen = [
+        f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    if missing or unexpected or misshapen:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {missing[:5]}")
+        if unexpected:
+            parts.append(f"unexpected keys {unexpected[:5]}")
+        if misshapen:
+            parts.append(f"wrong shapes {misshapen[:5]}")
+        raise ModelError(f"weights in {source} do not match the config: {'; '.join(parts)}")
+    model.load_state_dict(state, strict=True, assign=True)
+
+
+def _load_tokenizer_if_any(model_dir: Path) -> Any:
+    if (model_dir / "tokenizer.json").is_file():
+        from gptforge.tokenizer import load_tokenizer
+
+        return load_tokenizer(str(model_dir / "tokenizer.json"))
+    logger.warning("no tokenizer.json in %s; model.tokenizer is None", model_dir)
+    return None
