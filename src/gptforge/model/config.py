@@ -12,6 +12,14 @@ from typing import Literal
 from gptforge.config import apply, cfg_field
 from gptforge.errors import ConfigError
 
+# The allowed values of the Literal fields, checked in __post_init__ as well as by
+# config.apply, so a GPTConfig built directly in Python is checked too.
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "activation": ("gelu", "relu"),
+    "norm": ("pre", "post"),
+    "attention": ("sdpa", "explicit"),
+}
+
 
 @dataclass
 class GPTConfig:
@@ -24,7 +32,9 @@ class GPTConfig:
     n_embd: int = cfg_field(384, "embedding (residual stream) width")
     head_size: int | None = cfg_field(None, "size of one head; None = n_embd // n_head")
     mlp_hidden: int | None = cfg_field(None, "MLP hidden width; None = 4 * n_embd")
-    activation: Literal["gelu", "relu"] = cfg_field("gelu", "MLP activation (gelu = tanh approximation, as GPT-2)")
+    activation: Literal["gelu", "relu"] = cfg_field(
+        "gelu", "MLP activation (gelu = tanh approximation, as GPT-1, GPT-2 and HF's gelu_new)"
+    )
     norm: Literal["pre", "post"] = cfg_field("pre", "LayerNorm before (GPT-2) or after (GPT-1) each sub-block")
     dropout: float = cfg_field(0.0, "dropout on embeddings, attention weights and residual outputs")
     bias: bool = cfg_field(True, "biases in Linear and LayerNorm layers")
@@ -35,22 +45,29 @@ class GPTConfig:
     layer_norm_eps: float = cfg_field(1e-5, "LayerNorm epsilon")
 
     def __post_init__(self) -> None:
+        # Every problem is collected and reported at once (STYLE.md section 7).
         problems = []
         for name in ("block_size", "n_layer", "n_head", "n_embd"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 problems.append(f"model.{name} must be a positive integer, got {value!r}")
         for name in ("vocab_size", "head_size", "mlp_hidden"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value <= 0):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
                 problems.append(f"model.{name} must be a positive integer or None, got {value!r}")
-        if not 0.0 <= self.dropout < 1.0:
+        for name, choices in _CHOICES.items():
+            if getattr(self, name) not in choices:
+                problems.append(f"model.{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
+        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
             problems.append(f"model.dropout must be in [0, 1), got {self.dropout!r}")
+        if not isinstance(self.layer_norm_eps, (int, float)) or not self.layer_norm_eps > 0:
+            problems.append(f"model.layer_norm_eps must be positive, got {self.layer_norm_eps!r}")
         if (
             self.head_size is None
             and isinstance(self.n_head, int)
             and isinstance(self.n_embd, int)
             and self.n_head > 0
+            and self.n_embd > 0
             and self.n_embd % self.n_head != 0
         ):
             problems.append(
@@ -88,12 +105,17 @@ def _gpt2(n_layer: int, n_head: int, n_embd: int) -> GPTConfig:
 
 
 def _toygpt(n_layer: int, n_head: int, n_embd: int) -> GPTConfig:
-    # The toyGPT seed: GPT-2 blocks at context 512 with the GPT-2 vocabulary.
+    # The toyGPT seed: GPT-2 blocks (biases, tied head) at context 512 with the GPT-2 vocabulary.
+    # Counted without position embeddings these give 123.65M / 253.00M / 1311.53M, within
+    # 0.05% of the seed's 123.70M / 253.06M / 1311.58M (checked in tests/model/).
     return GPTConfig(vocab_size=50257, block_size=512, n_layer=n_layer, n_head=n_head, n_embd=n_embd)
 
 
 PRESETS: dict[str, GPTConfig] = {
-    # GPT-1 (Radford et al. 2018): post-LN, GELU, learned positions, 40478 BPE vocab, context 512.
+    # GPT-1 (Radford et al. 2018): post-LN, GELU, learned positions, 40478 BPE vocab, context 512,
+    # tied LM head. OpenAI's finetune-transformer-lm code uses the tanh GELU, and so does Hugging
+    # Face's OpenAIGPTModel (its afn "gelu" maps to gelu_new), so "gelu" here matches both.
+    # 116.5M parameters (tests/model/test_model_presets.py).
     "gpt1": GPTConfig(vocab_size=40478, block_size=512, n_layer=12, n_head=12, n_embd=768, norm="post"),
     "gpt2": _gpt2(12, 12, 768),
     "gpt2-medium": _gpt2(24, 16, 1024),

@@ -215,20 +215,58 @@ class GPT(nn.Module):
     def device(self) -> torch.device:
         return self.transformer.wte.weight.device
 
-    def _check_input(self, idx: torch.Tensor, start: int) -> None:
-        if idx.dim() != 2 or idx.dtype not in (torch.long, torch.int, torch.int32, torch.int64):
-            raise ModelError(f"expected a LongTensor of shape (B, T), got {idx.dtype} of shape {tuple(idx.shape)}")
-        T = idx.shape[1]
+    def _check_input(
+        self,
+        idx: torch.Tensor,
+        start: int,
+        kv_cache: KVCache | None,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.Tensor | None,
+    ) -> None:
+        """Raise ModelError, naming the value, for inputs the model cannot take."""
+        if idx.dim() != 2 or idx.dtype not in (torch.long, torch.int32):
+            raise ModelError(
+                f"expected token ids as an integer tensor of shape (B, T), got {idx.dtype} of shape {tuple(idx.shape)}"
+            )
+        B, T = idx.shape
+        if T == 0:
+            raise ModelError("got an empty sequence (T = 0); pass at least one token")
         if start + T > self.config.block_size:
             raise ModelError(
-                f"sequence length {start + T} exceeds block_size {self.config.block_size}; "
+                f"sequence length {start + T} exceeds model.block_size {self.config.block_size}; "
                 "shorten the input (generation slides a window over it)"
             )
-        # A bounds check on the CPU only: on CUDA it would force a device sync every step,
+        if kv_cache is not None and kv_cache.batch_size != B:
+            raise ModelError(f"the KV cache holds {kv_cache.batch_size} sequences but the batch has {B}")
+        if kv_cache is not None and start + T > kv_cache.max_seq_len:
+            raise ModelError(
+                f"KV cache overflow: {start + T} positions exceed its size {kv_cache.max_seq_len}; "
+                "make a larger cache (make_kv_cache(max_seq_len=...)) or crop it"
+            )
+        if attention_mask is not None and tuple(attention_mask.shape) != (B, start + T):
+            raise ModelError(
+                f"attention_mask must have shape (B, cached + T) = {(B, start + T)}, "
+                f"got {tuple(attention_mask.shape)}"
+            )
+        if position_ids is not None and position_ids.shape[-1] != T:
+            raise ModelError(f"position_ids must have shape (B, T) = {(B, T)}, got {tuple(position_ids.shape)}")
+        # Bounds checks on the CPU only: on CUDA they would force a device sync every step,
         # and the trainer checks the dataset vocabulary against the model once instead.
-        if idx.device.type == "cpu" and idx.numel() and (idx.min() < 0 or idx.max() >= self.config.vocab_size):
-            bad = int(idx.max()) if idx.max() >= self.config.vocab_size else int(idx.min())
-            raise ModelError(f"token id {bad} is out of range for vocab_size {self.config.vocab_size}")
+        if idx.device.type == "cpu":
+            lo, hi = int(idx.min()), int(idx.max())
+            if lo < 0 or hi >= self.config.vocab_size:
+                bad = lo if lo < 0 else hi
+                raise ModelError(
+                    f"token id {bad} is out of range for model.vocab_size {self.config.vocab_size}; "
+                    "ids must be in [0, vocab_size): use the tokenizer the model was trained with"
+                )
+            if position_ids is not None and position_ids.numel():
+                lo, hi = int(position_ids.min()), int(position_ids.max())
+                if lo < 0 or hi >= self.config.block_size:
+                    raise ModelError(
+                        f"position id {lo if lo < 0 else hi} is out of range for "
+                        f"model.block_size {self.config.block_size}"
+                    )
 
     def hidden_states(
         self,
@@ -251,7 +289,7 @@ class GPT(nn.Module):
             (B, T, C)
         """
         start = kv_cache.pos if kv_cache is not None else 0
-        self._check_input(idx, start)
+        self._check_input(idx, start, kv_cache, attention_mask, position_ids)
         B, T = idx.shape
         if position_ids is None:
             position_ids = torch.arange(start, start + T, device=idx.device).unsqueeze(0)  # (1, T)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from gptforge.errors import ModelError
+
 
 class KVCache:
     """Keys and values of every layer, preallocated.
@@ -53,7 +55,10 @@ class KVCache:
         T = k.shape[2]
         end = self.pos + T
         if end > self.max_seq_len:
-            raise ValueError(f"KV cache overflow: {end} positions exceed its size {self.max_seq_len}")
+            raise ModelError(
+                f"KV cache overflow: {end} positions exceed its size {self.max_seq_len}; "
+                "make a larger cache (make_kv_cache(max_seq_len=...)) or crop it"
+            )
         self.k[layer, :, :, self.pos : end] = k
         self.v[layer, :, :, self.pos : end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
@@ -68,4 +73,6 @@ class KVCache:
 
     def crop(self, length: int) -> None:
         """Keep only the first ``length`` positions (e.g. to roll back speculative tokens)."""
+        if length < 0:
+            raise ModelError(f"cannot crop a KV cache to a negative length ({length})")
         self.pos = min(self.pos, length)
