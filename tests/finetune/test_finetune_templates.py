@@ -48,7 +48,8 @@ def test_chat_renders_roles_and_generation_prompt() -> None:
     segs = tpl.segments(msgs[:3])
     assert [t for t, r in segs if r] == ["hello<|end|>"]
     # the prompt in front of a response equals render(previous, add_generation_prompt=True)
-    assert "".join(t for t, _ in segs[:-1]) == tpl.render(msgs[:2])
+    first_response = next(i for i, (_, r) in enumerate(segs) if r)
+    assert "".join(t for t, _ in segs[:first_response]) == tpl.render(msgs[:2])
 
 
 def test_template_round_trips_through_config() -> None:
