@@ -77,3 +77,77 @@ class Tokenizer(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(kind={self.kind!r}, vocab_size={self.vocab_size})"
+
+
+# ---------------------------------------------------------------------------
+# Helpers shared by the kinds (added by the tokenizer issue; the interface above is unchanged)
+
+
+def resolve_allowed_special(allowed_special: str | Iterable[str], special_tokens: dict[str, int]) -> set[str]:
+    """The set of special-token strings that may be produced from raw text.
+
+    ``"all"`` allows every special token, ``"none"`` (the default everywhere)
+    allows none, and any other iterable names the allowed ones. This mirrors
+    tiktoken's ``allowed_special``: a special token that is not allowed is
+    encoded as the ordinary text it spells, so user text can never inject an
+    end-of-text marker by accident.
+
+    >>> sorted(resolve_allowed_special("all", {"<|endoftext|>": 5}))
+    ['<|endoftext|>']
+    >>> resolve_allowed_special("none", {"<|endoftext|>": 5})
+    set()
+    """
+    if isinstance(allowed_special, str):
+        if allowed_special == "all":
+            return set(special_tokens)
+        if allowed_special == "none":
+            return set()
+        allowed = {allowed_special}
+    else:
+        allowed = set(allowed_special)
+    unknown = sorted(allowed - set(special_tokens))
+    if unknown:
+        from gptforge.errors import TokenizerError
+
+        raise TokenizerError(
+            f"allowed_special names {unknown}, which are not special tokens of this tokenizer "
+            f"(it has {sorted(special_tokens)}); pass 'all', 'none' or a subset of those"
+        )
+    return allowed
+
+
+def split_on_specials(text: str, allowed: set[str]) -> list[tuple[str, bool]]:
+    """Cut ``text`` around occurrences of the ``allowed`` special tokens.
+
+    Returns ``(piece, is_special)`` pairs in order; ordinary pieces are never empty.
+    Longer specials win where two could match at the same place.
+
+    >>> split_on_specials("a<|endoftext|>b", {"<|endoftext|>"})
+    [('a', False), ('<|endoftext|>', True), ('b', False)]
+    """
+    if not allowed or not any(s in text for s in allowed):
+        return [(text, False)] if text else []
+    import re
+
+    pattern = "(" + "|".join(re.escape(s) for s in sorted(allowed, key=len, reverse=True)) + ")"
+    out: list[tuple[str, bool]] = []
+    for i, piece in enumerate(re.split(pattern, text)):
+        if i % 2:
+            out.append((piece, True))
+        elif piece:
+            out.append((piece, False))
+    return out
+
+
+def check_ids(ids: Iterable[int], vocab_size: int) -> list[int]:
+    """Return ``ids`` as a list, raising TokenizerError on an id outside ``0..vocab_size-1``."""
+    out = [int(i) for i in ids]
+    for i in out:
+        if not 0 <= i < vocab_size:
+            from gptforge.errors import TokenizerError
+
+            raise TokenizerError(
+                f"token id {i} is out of range for this tokenizer (valid ids are 0..{vocab_size - 1}); "
+                "were the ids made with another tokenizer?"
+            )
+    return out
