@@ -1,15 +1,63 @@
-"""Placeholder: this command is being built (see the issues)."""
+"""Serve a model over an OpenAI-compatible HTTP API, with a chat page at /.
+
+Endpoints: POST /v1/completions, POST /v1/chat/completions (both with
+"stream": true), GET /v1/models, GET /health. Binds to 127.0.0.1 by default.
+Needs the [serve] extra (fastapi, uvicorn).
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 
 from gptforge.errors import GptforgeError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.add_argument("--model", required=True, help="model dir, run dir or GPT-2 folder")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    parser.add_argument("--model-name", default=None, help="the model id clients use (default: the folder name)")
+    parser.add_argument("--api-key", default=None,
+                        help="require 'Authorization: Bearer KEY' on /v1 requests (or set GPTFORGE_API_KEY)")
+    parser.add_argument("--max-concurrent", type=int, default=1, help="generations running at once")
+    parser.add_argument("--max-queue", type=int, default=16, help="requests waiting for a slot before 429")
+    parser.add_argument("--max-tokens-limit", type=int, default=400, help="largest max_tokens a request may ask")
+    parser.add_argument("--max-prompt-tokens", type=int, default=None, help="longest prompt (default: the context)")
+    parser.add_argument("--max-body-bytes", type=int, default=1_000_000, help="request body size limit")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, mps")
 
 
 def run(args: argparse.Namespace) -> int:
-    raise GptforgeError("this command is not implemented yet")
+    try:
+        import uvicorn
+
+        from gptforge.serve.app import ServeSettings, create_app
+    except ImportError as e:
+        raise GptforgeError(f"serving needs the [serve] extra ({e.name} is missing): pip install 'gptforge[serve]'") from None
+    from pathlib import Path
+
+    from gptforge.model.loading import load_model
+    from gptforge.serve.backend import Backend
+
+    for name in ("max_concurrent", "max_queue", "max_tokens_limit", "max_body_bytes"):
+        if getattr(args, name) < 1:
+            raise GptforgeError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if not 0 < args.port < 65536:
+        raise GptforgeError(f"--port must be in 1..65535, got {args.port}")
+    model = load_model(args.model, device=args.device)
+    if model.tokenizer is None:
+        raise GptforgeError(f"{args.model} has no tokenizer.json; the server needs one to read prompts")
+    name = args.model_name or Path(args.model).resolve().name
+    settings = ServeSettings(
+        max_concurrent=args.max_concurrent,
+        max_queue=args.max_queue,
+        max_tokens_limit=args.max_tokens_limit,
+        max_prompt_tokens=args.max_prompt_tokens,
+        max_body_bytes=args.max_body_bytes,
+        api_key=args.api_key or os.environ.get("GPTFORGE_API_KEY") or None,
+    )
+    app = create_app(Backend(model, name), settings)
+    print(f"serving {name} on http://{args.host}:{args.port}  (chat page at /, API at /v1)", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
