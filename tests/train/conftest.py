@@ -1,0 +1,46 @@
+"""Fixtures for trainer tests: a small char-level dataset built without `gptforge prepare`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gptforge.tokenizer.char import CharTokenizer
+
+TEXT = (
+    "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
+    "First Citizen:\nYou are all resolved rather to die than to famish?\n\nAll:\nResolved. resolved.\n\n"
+) * 40
+
+
+def write_char_dataset(root: Path, text: str = TEXT, val_fraction: float = 0.1,
+                       tokenizer: CharTokenizer | None = None) -> Path:
+    """A dataset dir (meta.json, tokenizer.json, train/val shards) of ``text`` with a char tokenizer."""
+    tok = tokenizer or CharTokenizer.train(text)
+    ids = np.array(tok.encode(text), dtype="<u2")
+    n_val = int(len(ids) * val_fraction)
+    root.mkdir(parents=True, exist_ok=True)
+    splits = {}
+    for split, arr in (("train", ids[: len(ids) - n_val]), ("val", ids[len(ids) - n_val:])):
+        name = f"{split}_000.bin"
+        arr.tofile(root / name)
+        splits[split] = {"tokens": len(arr), "documents": 1, "shards": [{"file": name, "tokens": len(arr)}]}
+    tok.save(root / "tokenizer.json")
+    meta = {"format_version": 1, "kind": "gptforge-dataset", "vocab_size": tok.vocab_size, "dtype": "uint16",
+            "eot_id": None, "tokenizer_fingerprint": tok.fingerprint(), "tokenizer_kind": tok.kind,
+            "splits": splits}
+    (root / "meta.json").write_text(json.dumps(meta))
+    return root
+
+
+@pytest.fixture(scope="session")
+def char_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_char_dataset(tmp_path_factory.mktemp("chardata") / "ds")
+
+
+TINY = {"model.n_layer": 2, "model.n_head": 2, "model.n_embd": 32, "model.block_size": 16,
+        "model.dropout": 0.0, "train.batch_size": 4, "train.warmup_steps": 2, "train.eval_iters": 2,
+        "train.log.interval": None}
