@@ -48,7 +48,9 @@ class Tokenizer(ABC):
         """Encode ``text`` with no special tokens."""
         return self.encode(text, allowed_special="none")
 
-    def encode_batch(self, texts: list[str], allowed_special: str | Iterable[str] = "none") -> list[list[int]]:
+    def encode_batch(
+        self, texts: list[str], allowed_special: str | Iterable[str] = "none"
+    ) -> list[list[int]]:
         """Encode several texts (subclasses may parallelise)."""
         return [self.encode(t, allowed_special=allowed_special) for t in texts]
 
@@ -83,7 +85,9 @@ class Tokenizer(ABC):
 # Helpers shared by the kinds (added by the tokenizer issue; the interface above is unchanged)
 
 
-def resolve_allowed_special(allowed_special: str | Iterable[str], special_tokens: dict[str, int]) -> set[str]:
+def resolve_allowed_special(
+    allowed_special: str | Iterable[str], special_tokens: dict[str, int]
+) -> set[str]:
     """The set of special-token strings that may be produced from raw text.
 
     ``"all"`` allows every special token, ``"none"`` (the default everywhere)
