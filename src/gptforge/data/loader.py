@@ -111,7 +111,11 @@ class BatchLoader:
         total = sum(lengths)
         if self.num_windows == 0:
             longest = max(lengths, default=0)
-            where = "" if len(lengths) <= 1 else f" (longest shard {longest:,}; windows do not cross shards)"
+            where = (
+                ""
+                if len(lengths) <= 1
+                else f" (longest shard {longest:,}; windows do not cross shards)"
+            )
             raise DataError(
                 f"{split} split of {dataset.path} has {total:,} tokens{where}, but one window of "
                 f"block_size {block_size} needs {block_size + 1:,}; use a smaller block_size or more data"
@@ -161,7 +165,9 @@ class BatchLoader:
         x = torch.from_numpy(buf[:, :-1].copy())  # (B, T)
         y = torch.from_numpy(buf[:, 1:].copy())  # (B, T)
         if self._pin:
-            return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
+            return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(
+                self.device, non_blocking=True
+            )
         return x.to(self.device), y.to(self.device)
 
     def __iter__(self) -> BatchLoader:
@@ -202,7 +208,9 @@ class BatchLoader:
                     f"{getattr(self, key)!r}; resume with the same data and settings, or start a new run"
                 )
         if state.get("rank", self.rank) != self.rank:
-            logger.warning("loader state saved by rank %s loaded on rank %s", state["rank"], self.rank)
+            logger.warning(
+                "loader state saved by rank %s loaded on rank %s", state["rank"], self.rank
+            )
         self.epoch = int(state.get("epoch", 0))
         self.batch_in_epoch = int(state.get("batch_in_epoch", 0))
         self.batches_drawn = int(state.get("batches_drawn", 0))

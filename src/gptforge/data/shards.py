@@ -49,7 +49,9 @@ def dtype_for_vocab(vocab_size: int) -> str:
         return "uint16"
     if vocab_size <= 1 << 32:
         return "uint32"
-    raise DataError(f"vocabulary of {vocab_size:,} ids does not fit the shard format (at most 2**32 ids)")
+    raise DataError(
+        f"vocabulary of {vocab_size:,} ids does not fit the shard format (at most 2**32 ids)"
+    )
 
 
 def shard_name(split: str, index: int) -> str:
@@ -130,7 +132,9 @@ class TokenDataset:
             for entry in self._split(split)["shards"]:
                 n = int(entry["tokens"])
                 if n > 0:
-                    maps.append(np.memmap(self.path / entry["file"], dtype=self.dtype, mode="r", shape=(n,)))
+                    maps.append(
+                        np.memmap(self.path / entry["file"], dtype=self.dtype, mode="r", shape=(n,))
+                    )
             self._shards[split] = maps
         return self._shards[split]
 
@@ -141,7 +145,9 @@ class TokenDataset:
 
         path = self.path / TOKENIZER_FILE
         if not path.is_file():
-            raise DataError(f"dataset {self.path} has no {TOKENIZER_FILE}; re-run `gptforge prepare`")
+            raise DataError(
+                f"dataset {self.path} has no {TOKENIZER_FILE}; re-run `gptforge prepare`"
+            )
         return load_tokenizer(str(path))
 
     def check_compatible(self, tokenizer_or_fingerprint: Tokenizer | str) -> None:
@@ -222,7 +228,10 @@ def validate_meta(path: Path, meta: Any) -> dict[str, Any]:
                 )
             total += int(entry["tokens"])
         if int(info.get("tokens", total)) != total:
-            raise _bad(path, f"split {split!r} says {info.get('tokens')} tokens but its shards hold {total}")
+            raise _bad(
+                path,
+                f"split {split!r} says {info.get('tokens')} tokens but its shards hold {total}",
+            )
         info["tokens"] = total
     return meta
 
@@ -236,7 +245,9 @@ def open_dataset(path: str | os.PathLike) -> TokenDataset:
     """
     path = Path(path)
     if not path.is_dir():
-        raise DataError(f"dataset dir not found: {path}; create it with `gptforge prepare --out {path}`")
+        raise DataError(
+            f"dataset dir not found: {path}; create it with `gptforge prepare --out {path}`"
+        )
     if not (path / META_FILE).is_file():
         raise DataError(
             f"{path} is not a gptforge dataset (no {META_FILE}); "
