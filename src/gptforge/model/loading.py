@@ -124,6 +124,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torc
             raise ModelError(f"{model_dir / 'config.json'} is not a gptforge model config (no 'model' section)")
         check_format_version(config, model_dir / "config.json", "model config")
         gpt_config = from_dict(GPTConfig, config["model"], source=str(model_dir / "config.json"))
+        if "quantization" in config:
+            import gptforge.quantize.convert  # noqa: F401  registers its LOAD_HOOK (QuantLinear model)
         model = _build_from_config(gpt_config, config, model_dir)
         model.tokenizer = _load_tokenizer_if_any(model_dir)
     model.model_dir = model_dir
