@@ -11,10 +11,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gptforge.errors import ConfigError
+from gptforge.model.config import GPTConfig  # no torch: configs are checked before torch loads
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,14 +45,18 @@ def run(args: argparse.Namespace) -> int:
     return 2
 
 
-def _model_overrides(overrides: dict[str, str]) -> dict[str, str]:
-    out = {}
-    for key, value in overrides.items():
-        section, _, field = key.partition(".")
-        if section != "model" or not field:
-            raise ConfigError(f"unknown flag --{key}; model info takes --model.KEY VALUE overrides")
-        out[field] = value
-    return out
+@dataclass
+class _Flags:
+    """A composite of one section, so flag keys and error messages read ``model.KEY``."""
+
+    model: GPTConfig = field(default_factory=GPTConfig)
+
+
+def _apply_flags(config: GPTConfig, overrides: dict[str, str]) -> GPTConfig:
+    """Apply ``--model.KEY VALUE`` flags, with errors that name the flag (``model.n_layr``...)."""
+    from gptforge.config import apply
+
+    return apply(_Flags(model=config), overrides, source="flags").model
 
 
 def _config_from_yaml(path: str) -> Any:
@@ -105,7 +111,7 @@ def _bytes(n: float) -> str:
 def run_info(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from gptforge.config import apply, to_dict
+    from gptforge.config import to_dict
     from gptforge.model import accounting
     from gptforge.model.config import GPTConfig
 
@@ -115,7 +121,7 @@ def run_info(args: argparse.Namespace) -> int:
         config, source = _config_from_yaml(args.config), args.config
     else:
         config, source = _config_from_model(args.model), args.model
-    config = apply(config, _model_overrides(getattr(args, "overrides", {}) or {}), source="flags")
+    config = _apply_flags(config, getattr(args, "overrides", {}) or {})
     if args.seq_len is not None and not 0 < args.seq_len <= config.block_size:
         raise ConfigError(f"--seq-len {args.seq_len} must be in [1, model.block_size = {config.block_size}]")
     notes = []
