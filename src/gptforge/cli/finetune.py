@@ -1,15 +1,119 @@
-"""Placeholder: this command is being built (see the issues)."""
+"""Fine-tune a pretrained model: `finetune classify` (a classification head) or
+`finetune instruct` (instruction following / chat), fully or with LoRA.
+
+Each writes a run dir: metrics.jsonl, results.json, final/ (a model dir).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 
 from gptforge.errors import GptforgeError
 
 
+def _common(p: argparse.ArgumentParser, epochs: int, batch_size: int, lr: float) -> None:
+    p.add_argument("--model", required=True, help="the base model: a model dir, run dir or GPT-2 folder")
+    p.add_argument("--data", required=True, help="the training data file")
+    p.add_argument("--out", required=True, help="the run dir to write (must not exist unless --overwrite)")
+    p.add_argument("--epochs", type=int, default=epochs, help=f"passes over the training data (default {epochs})")
+    p.add_argument("--batch-size", type=int, default=batch_size, help=f"examples per step (default {batch_size})")
+    p.add_argument("--lr", type=float, default=lr, help=f"peak learning rate, cosine-decayed (default {lr})")
+    p.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay on matrices (default 0.1)")
+    p.add_argument("--max-length", type=int, default=None, help="tokens per example at most (default: block_size)")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="share of records held out for validation")
+    p.add_argument("--sort-by-length", action="store_true", help="batch similar lengths together (less padding)")
+    p.add_argument("--seed", type=int, default=123, help="seed for the split, shuffling and the head init")
+    p.add_argument("--lora-rank", type=int, default=8, help="LoRA rank r")
+    p.add_argument("--lora-alpha", type=float, default=16.0, help="LoRA alpha (the update is scaled by alpha/r)")
+    p.add_argument("--lora-dropout", type=float, default=0.05, help="dropout on the LoRA input")
+    p.add_argument("--lora-targets", default="c_attn,c_proj,c_fc", help="comma-separated layer names to adapt")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default cpu)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--json", action="store_true", help="print results.json as one JSON object on stdout")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    sub = parser.add_subparsers(dest="finetune_command", metavar="TASK", parser_class=type(parser))
+    c = sub.add_parser("classify", help="train a classification head (e.g. spam / not spam)")
+    _common(c, epochs=3, batch_size=16, lr=5e-4)
+    c.add_argument("--text-column", default=None, help="column holding the text (default: text/sms/sentence...)")
+    c.add_argument("--label-column", default=None, help="column holding the label (default: label/class...)")
+    c.add_argument("--train", default="last-k", choices=["head", "last-k", "all", "lora"],
+                   help="what trains: the head, the last k blocks + head, all, or LoRA + head")  # fmt: skip
+    c.add_argument("--last-k", type=int, default=1, help="blocks trained with --train last-k (default 1)")
+    c.add_argument("--balance", action="store_true", help="downsample every class to the smallest one")
+    c.add_argument("--test-fraction", type=float, default=0.2, help="share of records held out for testing")
+    c.set_defaults(_run=run_classify)
+
+    i = sub.add_parser("instruct", help="instruction / chat fine-tuning (loss on responses only)")
+    _common(i, epochs=2, batch_size=8, lr=5e-5)
+    i.add_argument("--template", default="alpaca", choices=["alpaca", "chat"], help="prompt template (saved)")
+    i.set_defaults(lora_rank=0)
+    i.add_argument("--merge", action="store_true", help="fold LoRA adapters into the weights (exportable)")
+    i.add_argument("--on-too-long", default="truncate", choices=["truncate", "skip"],
+                   help="records longer than --max-length: cut the end (default) or drop them")  # fmt: skip
+    i.add_argument("--eval-samples", type=int, default=20, help="held-out instructions answered into responses.jsonl")
+    i.add_argument("--max-new-tokens", type=int, default=128, help="tokens per generated response")
+    i.set_defaults(_run=run_instruct)
+    for action in i._actions:
+        if action.dest == "lora_rank":
+            action.help = "LoRA rank r; 0 = full fine-tuning (default 0)"
+
+
+def _loop(args: argparse.Namespace):  # noqa: ANN202 - LoopConfig, imported lazily
+    from gptforge.finetune.loop import LoopConfig
+
+    return LoopConfig(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+        seed=args.seed, sort_by_length=args.sort_by_length, progress=not args.no_progress,
+    )  # fmt: skip
+
+
+def _targets(args: argparse.Namespace) -> tuple[str, ...]:
+    return tuple(t.strip() for t in args.lora_targets.split(",") if t.strip())
+
+
+def run_classify(args: argparse.Namespace) -> int:
+    from gptforge.finetune.classify import ClassifyOptions, format_report, run_classification
+
+    opts = ClassifyOptions(
+        model=args.model, data=args.data, out=args.out, text_column=args.text_column,
+        label_column=args.label_column, train=args.train, last_k=args.last_k, balance=args.balance,
+        max_length=args.max_length, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+        lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+        lora_targets=_targets(args), device=args.device, overwrite=args.overwrite,
+    )  # fmt: skip
+    results = run_classification(opts, _loop(args))
+    if args.json:
+        print(json.dumps(results))
+    else:
+        for name, report in results["reports"].items():
+            print(format_report(name, report))
+        print(f"saved the classifier to {args.out}/final (results in {args.out}/results.json)")
+    return 0
+
+
+def run_instruct(args: argparse.Namespace) -> int:
+    from gptforge.finetune.instruct import InstructOptions, run_instruct
+
+    opts = InstructOptions(
+        model=args.model, data=args.data, out=args.out, template=args.template, lora_rank=args.lora_rank,
+        lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout, lora_targets=_targets(args),
+        merge=args.merge, max_length=args.max_length, on_too_long=args.on_too_long,
+        val_fraction=args.val_fraction, eval_samples=args.eval_samples, max_new_tokens=args.max_new_tokens,
+        device=args.device, overwrite=args.overwrite,
+    )  # fmt: skip
+    results = run_instruct(opts, _loop(args))
+    if args.json:
+        print(json.dumps(results))
+    else:
+        print(f"held-out response loss: {results['val_loss_before']:.4f} -> {results['val_loss_after']:.4f}")
+        print(f"trained {results['trainable_params']:,} of {results['total_params']:,} parameters")
+        print(f"saved the model to {args.out}/final; responses in {args.out}/responses.jsonl")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
-    raise GptforgeError("this command is not implemented yet")
+    raise GptforgeError("choose a task: `gptforge finetune classify ...` or `gptforge finetune instruct ...`")

@@ -124,6 +124,10 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torc
             raise ModelError(f"{model_dir / 'config.json'} is not a gptforge model config (no 'model' section)")
         check_format_version(config, model_dir / "config.json", "model config")
         gpt_config = from_dict(GPTConfig, config["model"], source=str(model_dir / "config.json"))
+        if "classifier" in config:
+            import gptforge.finetune.classify  # noqa: F401  registers its LOAD_HOOK
+        if "lora" in config:
+            import gptforge.finetune.lora  # noqa: F401  registers its LOAD_HOOK (unmerged adapters)
         if "quantization" in config:
             import gptforge.quantize.convert  # noqa: F401  registers its LOAD_HOOK (QuantLinear model)
         model = _build_from_config(gpt_config, config, model_dir)

@@ -1,0 +1,319 @@
+"""Text classification: a linear head on the hidden state of the last real token.
+
+A causal model's last position is the only one that has seen the whole text,
+so the head reads the hidden state there (after ``ln_f``)::
+
+    ids:   [ The  film  was  great  <pad> <pad> ]     right padded
+    mask:  [  1    1     1     1      0     0   ]
+                             ▲ last real token (index from the mask)
+    h = model.hidden_states(ids, attention_mask=mask, position_ids=...)[b, last]   (C,)
+    logits = classifier(h)                                                           (num_labels,)
+
+The index comes from the attention mask, and positions restart at 0 on each
+row's first real token, so left and right padding give the same prediction.
+
+What trains (``--train``): ``head`` (the head only), ``last-k`` (the last k
+blocks, ``ln_f`` and the head), ``all``, or ``lora`` (LoRA adapters + the head).
+
+A fine-tuned classifier is a model dir whose ``config.json`` has a
+``classifier`` key (``{"labels": [...], "max_length": N}``) and whose weights
+include ``classifier.weight`` / ``classifier.bias``; :func:`_load_hook` rebuilds it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from gptforge.errors import ConfigError, ModelError
+from gptforge.finetune.data import pad_batch
+from gptforge.finetune.loop import LoopConfig, finetune
+from gptforge.finetune.lora import apply_lora, count_trainable, merge_lora
+from gptforge.model.config import GPTConfig
+from gptforge.model.gpt import GPT
+from gptforge.model.loading import LOAD_HOOKS, load_state_strict, strip_wrapper_prefixes
+
+logger = logging.getLogger(__name__)
+
+TRAIN_MODES = ("head", "last-k", "all", "lora")
+
+
+class GPTClassifier(GPT):
+    """A GPT with a classification head ``classifier`` (C -> num_labels) beside its LM head."""
+
+    def __init__(self, config: GPTConfig, labels: list[str]) -> None:
+        super().__init__(config)
+        self.labels = list(labels)
+        self.classifier = nn.Linear(config.n_embd, len(labels))
+        nn.init.normal_(self.classifier.weight, std=0.02)
+        nn.init.zeros_(self.classifier.bias)
+
+    @classmethod
+    def from_gpt(cls, gpt: GPT, labels: list[str]) -> GPTClassifier:
+        """Wrap a pretrained GPT (its weights are shared, not copied) with a fresh head."""
+        with torch.device("meta"):
+            model = cls(gpt.config, labels)
+        for name in ("transformer", "lm_head"):
+            setattr(model, name, getattr(gpt, name))
+        model.classifier = nn.Linear(gpt.config.n_embd, len(labels)).to(gpt.device)
+        nn.init.normal_(model.classifier.weight, std=0.02)
+        nn.init.zeros_(model.classifier.bias)
+        model.tokenizer = getattr(gpt, "tokenizer", None)
+        return model
+
+    def classify_logits(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Class logits from the last real token of each row.
+
+        Args:
+            idx: (B, T) ids, padded on either side.
+            attention_mask: (B, T), 1 = real token; None = no padding.
+
+        Returns:
+            (B, num_labels)
+        """
+        if attention_mask is None:
+            attention_mask = torch.ones_like(idx)
+        if bool((attention_mask.sum(dim=1) == 0).any()):
+            raise ModelError("a row of the batch has no real token; every text needs at least one token")
+        positions = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)  # (B, T): 0 at the first real token
+        h = self.hidden_states(idx, attention_mask=attention_mask, position_ids=positions)  # (B, T, C)
+        T = idx.shape[1]
+        # the last 1 in each mask row, whatever the padding side: flip, first 1, map back
+        last = T - 1 - attention_mask.long().flip(dims=[1]).argmax(dim=1)  # (B,)
+        pooled = h[torch.arange(idx.shape[0], device=idx.device), last]  # (B, C)
+        return self.classifier(pooled)  # (B, num_labels)
+
+
+def set_trainable(model: GPTClassifier, mode: str, last_k: int = 1, lora: dict[str, Any] | None = None) -> None:
+    """Choose what trains: ``head``, ``last-k``, ``all`` or ``lora`` (see module docstring)."""
+    if mode not in TRAIN_MODES:
+        raise ConfigError(f"--train {mode!r} is not one of {list(TRAIN_MODES)}")
+    if mode == "lora":
+        apply_lora(model.transformer, **(lora or {}))  # freezes everything else in the body
+        for p in model.transformer.wte.parameters():
+            p.requires_grad_(False)
+    else:
+        for p in model.parameters():
+            p.requires_grad_(mode == "all")
+        if mode == "last-k":
+            n = model.config.n_layer
+            if not 1 <= last_k <= n:
+                raise ConfigError(f"--last-k {last_k} must be between 1 and the model's n_layer {n}")
+            for block in model.transformer.h[n - last_k :]:
+                block.requires_grad_(True)
+            model.transformer.ln_f.requires_grad_(True)
+    model.classifier.requires_grad_(True)
+
+
+@dataclass
+class ClassifyTask:
+    """Batches of ``(token ids, label index)`` and a cross-entropy loss on the class logits."""
+
+    pad_id: int
+
+    def collate(self, examples: list[tuple[list[int], int]]) -> dict[str, torch.Tensor]:
+        batch = pad_batch([ids for ids, _ in examples], self.pad_id)
+        batch["label"] = torch.tensor([y for _, y in examples], dtype=torch.long)
+        return batch
+
+    def length(self, example: tuple[list[int], int]) -> int:
+        return len(example[0])
+
+    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        logits = model.classify_logits(batch["input_ids"], batch["attention_mask"])  # (B, L)
+        return F.cross_entropy(logits.float(), batch["label"]), batch["label"].numel()
+
+
+def encode_texts(tokenizer: Any, texts: list[str], max_length: int) -> tuple[list[list[int]], int]:
+    """Token ids per text, cut to the first ``max_length`` tokens; returns (ids, number cut)."""
+    out, cut = [], 0
+    for text in texts:
+        ids = tokenizer.encode(text)
+        if not ids:
+            ids = [tokenizer.eot_id if tokenizer.eot_id is not None else 0]
+        if len(ids) > max_length:
+            ids, cut = ids[:max_length], cut + 1
+        out.append(ids)
+    return out, cut
+
+
+@torch.no_grad()
+def predict(model: GPTClassifier, ids: list[list[int]], pad_id: int, batch_size: int = 32) -> torch.Tensor:
+    """Class probabilities (N, num_labels) for token lists."""
+    model.eval()
+    device = model.device
+    probs = []
+    for i in range(0, len(ids), batch_size):
+        batch = pad_batch(ids[i : i + batch_size], pad_id)
+        logits = model.classify_logits(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+        probs.append(torch.softmax(logits.float(), dim=-1).cpu())
+    return torch.cat(probs) if probs else torch.empty(0, len(model.labels))
+
+
+def classification_report(y_true: list[int], y_pred: list[int], labels: list[str]) -> dict[str, Any]:
+    """Accuracy, per-class precision/recall/F1/support and the confusion matrix
+    (rows = true label, columns = predicted label)."""
+    L = len(labels)
+    cm = [[0] * L for _ in range(L)]
+    for t, p in zip(y_true, y_pred):
+        cm[t][p] += 1
+    per_class = {}
+    for k, name in enumerate(labels):
+        tp = cm[k][k]
+        predicted = sum(cm[r][k] for r in range(L))
+        actual = sum(cm[k])
+        precision = tp / predicted if predicted else 0.0
+        recall = tp / actual if actual else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class[name] = {"precision": precision, "recall": recall, "f1": f1, "support": actual}
+    n = len(y_true)
+    return {
+        "accuracy": sum(cm[k][k] for k in range(L)) / n if n else float("nan"),
+        "n": n,
+        "per_class": per_class,
+        "confusion_matrix": cm,
+        "labels": list(labels),
+    }
+
+
+def format_report(name: str, report: dict[str, Any]) -> str:
+    """A small text table of a :func:`classification_report`."""
+    labels = report["labels"]
+    width = max(8, *(len(x) for x in labels))
+    lines = [f"{name}: accuracy {report['accuracy']:.4f} on {report['n']} examples"]
+    lines.append(f"  {'label':<{width}}  precision  recall  f1      support")
+    for label, m in report["per_class"].items():
+        lines.append(
+            f"  {label:<{width}}  {m['precision']:9.4f}  {m['recall']:6.4f}  {m['f1']:6.4f}  {m['support']:7d}"
+        )
+    lines.append("  confusion matrix (rows true, columns predicted): " + " ".join(labels))
+    for label, row in zip(labels, report["confusion_matrix"]):
+        lines.append(f"  {label:<{width}}  " + " ".join(f"{v:6d}" for v in row))
+    return "\n".join(lines)
+
+
+def _load_hook(gpt_config: GPTConfig, config: dict, model_dir: Path) -> GPT | None:
+    """LOAD_HOOKS entry: rebuild a GPTClassifier when config.json has a ``classifier`` key."""
+    info = config.get("classifier")
+    if not info:
+        return None
+    labels = info.get("labels") if isinstance(info, dict) else None
+    if not isinstance(labels, list) or len(labels) < 2:
+        raise ModelError(f"{model_dir / 'config.json'}: classifier.labels must list at least two labels")
+    from gptforge.io import load_safetensors
+
+    with torch.device("meta"):
+        model = GPTClassifier(gpt_config, [str(x) for x in labels])
+    state = strip_wrapper_prefixes(load_safetensors(model_dir / "model.safetensors"))
+    if gpt_config.tie_weights:
+        state.setdefault("lm_head.weight", state.get("transformer.wte.weight"))
+    load_state_strict(model, state, model_dir / "model.safetensors")
+    if gpt_config.tie_weights:
+        model.lm_head.weight = model.transformer.wte.weight
+    model.max_length = int(info.get("max_length", gpt_config.block_size))
+    return model
+
+
+if _load_hook not in LOAD_HOOKS:
+    LOAD_HOOKS.append(_load_hook)
+
+
+@dataclass
+class ClassifyOptions:
+    """Everything ``gptforge finetune classify`` takes (see the CLI for help)."""
+
+    model: str
+    data: str
+    out: str
+    text_column: str | None = None
+    label_column: str | None = None
+    train: str = "last-k"
+    last_k: int = 1
+    balance: bool = False
+    max_length: int | None = None
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_targets: tuple[str, ...] = ("c_attn", "c_proj", "c_fc")
+    device: str = "cpu"
+    overwrite: bool = False
+
+
+def run_classification(opts: ClassifyOptions, loop: LoopConfig) -> dict[str, Any]:
+    """Read, split, fine-tune, evaluate and save; returns what RUN/results.json holds.
+
+    RUN is built in a temporary folder and renamed into place at the end, so a
+    failed or interrupted run leaves no half-written RUN (and never replaces one
+    unless ``overwrite``).
+    """
+    from gptforge.finetune.data import balance_classes, read_labelled, split_records
+    from gptforge.io import atomic_dir, write_json
+    from gptforge.model.loading import load_model, save_model
+
+    out = Path(opts.out)
+    if out.exists() and not opts.overwrite:
+        raise ConfigError(f"output {out} already exists; pass --overwrite or choose another --out")
+    records = read_labelled(opts.data, opts.text_column, opts.label_column)
+    if opts.balance:
+        records = balance_classes(records, loop.seed)
+    labels = sorted({label for _, label in records})
+    train, val, test = split_records(records, opts.val_fraction, opts.test_fraction, loop.seed)
+
+    base = load_model(opts.model, device=opts.device)
+    tokenizer = base.tokenizer
+    if tokenizer is None:
+        raise ModelError(f"model {opts.model} has no tokenizer.json; classification needs one")
+    max_length = min(opts.max_length or base.config.block_size, base.config.block_size)
+    pad_id = tokenizer.eot_id if tokenizer.eot_id is not None else 0
+    index = {label: i for i, label in enumerate(labels)}
+
+    def encode(split: list[tuple[str, str]], name: str) -> list[tuple[list[int], int]]:
+        ids, cut = encode_texts(tokenizer, [t for t, _ in split], max_length)
+        if cut:
+            logger.warning("%d %s texts are longer than %d tokens and were truncated", cut, name, max_length)
+        return [(x, index[y]) for x, (_, y) in zip(ids, split)]
+
+    train_ex, val_ex, test_ex = encode(train, "train"), encode(val, "val"), encode(test, "test")
+    torch.manual_seed(loop.seed)  # the head's initial weights
+    model = GPTClassifier.from_gpt(base, labels)
+    lora = {"rank": opts.lora_rank, "alpha": opts.lora_alpha, "dropout": opts.lora_dropout,
+            "targets": opts.lora_targets}  # fmt: skip
+    set_trainable(model, opts.train, opts.last_k, lora)
+    trainable, total = count_trainable(model)
+    logger.info("classes %s; train %d, val %d, test %d; training %s: %d of %d parameters",
+                labels, len(train_ex), len(val_ex), len(test_ex), opts.train, trainable, total)  # fmt: skip
+    task = ClassifyTask(pad_id)
+    with atomic_dir(out, overwrite=opts.overwrite) as tmp:
+        history = finetune(model, task, train_ex, val_ex, loop, metrics_path=tmp / "metrics.jsonl")
+        merge_lora(model)
+        reports = {}
+        for name, split in (("val", val_ex), ("test", test_ex)):
+            if split:
+                probs = predict(model, [x for x, _ in split], pad_id, loop.batch_size)
+                reports[name] = classification_report([y for _, y in split], probs.argmax(-1).tolist(), labels)
+        results = {
+            "task": "classify",
+            "val_accuracy": reports["val"]["accuracy"] if "val" in reports else None,
+            "test_accuracy": reports["test"]["accuracy"] if "test" in reports else None,
+            "labels": labels,
+            "train_mode": opts.train,
+            "trainable_params": trainable,
+            "total_params": total,
+            "n_train": len(train_ex),
+            "final_train_loss": next((h["loss"] for h in reversed(history) if "loss" in h), None),
+            "reports": reports,
+            "model": str(opts.model),
+            "data": str(opts.data),
+        }
+        extra = {"classifier": {"labels": labels, "max_length": max_length}}
+        save_model(model, tmp / "final", tokenizer=tokenizer, extra_config=extra)
+        write_json(tmp / "results.json", results)
+    return results

@@ -1,0 +1,180 @@
+"""LoRA: low-rank adapters on a frozen model (Hu et al. 2021, "LoRA: Low-Rank Adaptation
+of Large Language Models", arXiv:2106.09685).
+
+A frozen ``nn.Linear`` computes ``y = x W^T + b``. LoRA learns a low-rank update
+``delta W = (alpha / r) * B A`` beside it, with ``A`` (r, in) and ``B`` (out, r)::
+
+                    x (..., in)
+            ┌────────────┴────────────┐
+            │                         │
+     ┌──────┴──────┐            dropout(x)
+     │  W (frozen) │           ┌──────┴──────┐
+     │ (out, in)   │           │ A (r, in)   │  random (Kaiming-uniform)
+     └──────┬──────┘           └──────┬──────┘
+            │                  ┌──────┴──────┐
+            │                  │ B (out, r)  │  zeros: the adapter starts as a no-op
+            │                  └──────┬──────┘
+            │                   × alpha / r
+            └──────────(+)────────────┘
+                        y (..., out)
+
+Only A and B train: ``r * (in + out)`` numbers per layer instead of ``in * out``.
+Because B starts at zero, the adapted model equals the base model at step 0.
+:func:`merge_lora` folds ``W + (alpha / r) B A`` back into plain ``nn.Linear``
+layers, so the result is an ordinary GPT that saves and exports like any other.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from gptforge.errors import ConfigError
+
+DEFAULT_TARGETS = ("c_attn", "c_proj", "c_fc")
+
+
+class LoRALinear(nn.Module):
+    """A frozen ``nn.Linear`` plus a trainable low-rank update ``(alpha / r) * B @ A``.
+
+    Args:
+        base: the layer to adapt; its parameters are frozen (``requires_grad=False``).
+        rank: r, the rank of the update (> 0).
+        alpha: scale numerator; the update is multiplied by ``alpha / rank``.
+        dropout: dropout on the adapter's input only.
+    """
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float = 0.0) -> None:
+        super().__init__()
+        if rank <= 0:
+            raise ConfigError(f"LoRA rank must be > 0, got {rank}")
+        self.base = base
+        for p in self.base.parameters():
+            p.requires_grad_(False)
+        self.rank = rank
+        self.alpha = alpha
+        self.scaling = alpha / rank
+        dev, dt = base.weight.device, base.weight.dtype
+        self.lora_A = nn.Parameter(torch.empty(rank, base.in_features, device=dev, dtype=dt))  # (r, in)
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, device=dev, dtype=dt))  # (out, r)
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as nn.Linear initialises its weight
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)  # (..., out)
+        update = self.dropout(x) @ self.lora_A.t() @ self.lora_B.t()  # (..., r) -> (..., out)
+        return y + update * self.scaling
+
+    @torch.no_grad()
+    def merged(self) -> nn.Linear:
+        """A plain ``nn.Linear`` whose weight is ``W + (alpha / r) B A``."""
+        out = nn.Linear(self.base.in_features, self.base.out_features, bias=self.base.bias is not None)
+        out = out.to(device=self.base.weight.device, dtype=self.base.weight.dtype)
+        delta = (self.lora_B.float() @ self.lora_A.float()) * self.scaling  # (out, in)
+        out.weight.copy_((self.base.weight.float() + delta).to(self.base.weight.dtype))
+        if self.base.bias is not None:
+            out.bias.copy_(self.base.bias)
+        return out
+
+    def extra_repr(self) -> str:
+        return f"rank={self.rank}, alpha={self.alpha}"
+
+
+def apply_lora(
+    model: nn.Module,
+    rank: int = 8,
+    alpha: float = 16.0,
+    dropout: float = 0.0,
+    targets: list[str] | tuple[str, ...] = DEFAULT_TARGETS,
+) -> list[str]:
+    """Freeze ``model`` and wrap every ``nn.Linear`` whose name ends with a target in LoRALinear.
+
+    ``targets`` are the last component of a module name (``c_attn``, ``c_proj``,
+    ``c_fc``, ``lm_head``). Everything else in the model is frozen; the caller may
+    unfreeze more (a classification head) afterwards.
+
+    Returns:
+        the names of the wrapped modules.
+
+    Raises:
+        ConfigError: when no module matches ``targets``.
+    """
+    for p in model.parameters():
+        p.requires_grad_(False)
+    wrapped = []
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, nn.Linear) and child_name in targets:
+                setattr(module, child_name, LoRALinear(child, rank, alpha, dropout))
+                wrapped.append(f"{name}.{child_name}" if name else child_name)
+    if not wrapped:
+        raise ConfigError(f"no nn.Linear named {list(targets)} in the model; LoRA targets are e.g. {list(DEFAULT_TARGETS)}")
+    return wrapped
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Replace every LoRALinear by a plain ``nn.Linear`` holding the merged weight (in place)."""
+    for module in list(model.modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, LoRALinear):
+                setattr(module, child_name, child.merged())
+    return model
+
+
+def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Only the adapter tensors (``...lora_A`` / ``...lora_B``), to save adapters apart."""
+    return {k: v for k, v in model.state_dict().items() if "lora_" in k}
+
+
+def count_trainable(model: nn.Module) -> tuple[int, int]:
+    """(trainable parameters, all parameters), shared tensors counted once."""
+    params = {id(p): p for p in model.parameters()}.values()
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def lora_config_entry(model: nn.Module) -> dict | None:
+    """The ``config.json["lora"]`` entry describing the adapters in ``model`` (None if none).
+
+    A model dir saved with unmerged adapters carries this key; :func:`_load_hook`
+    re-applies the adapters before loading the weights (``lora_A``/``lora_B`` included).
+    """
+    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, LoRALinear)]
+    if not layers:
+        return None
+    first = layers[0][1]
+    targets = sorted({name.rsplit(".", 1)[-1] for name, _ in layers})
+    return {"rank": first.rank, "alpha": first.alpha, "targets": targets}
+
+
+def _load_hook(gpt_config, config: dict, model_dir):  # noqa: ANN001, ANN202 - LOAD_HOOKS signature
+    """LOAD_HOOKS entry: rebuild a GPT with unmerged LoRA adapters (``config.json["lora"]``)."""
+    info = config.get("lora")
+    if not info or "classifier" in config:
+        return None
+    from gptforge.io import load_safetensors
+    from gptforge.model.gpt import GPT
+    from gptforge.model.loading import load_state_strict, strip_wrapper_prefixes
+
+    with torch.device("meta"):
+        model = GPT(gpt_config)
+        apply_lora(model, rank=int(info["rank"]), alpha=float(info["alpha"]), targets=tuple(info["targets"]))
+    state = strip_wrapper_prefixes(load_safetensors(model_dir / "model.safetensors"))
+    if gpt_config.tie_weights:
+        state.setdefault("lm_head.weight", state.get("transformer.wte.weight"))
+    load_state_strict(model, state, model_dir / "model.safetensors")
+    if gpt_config.tie_weights:
+        model.lm_head.weight = model.transformer.wte.weight
+    return model
+
+
+def register_load_hook() -> None:
+    """Add :func:`_load_hook` to ``gptforge.model.loading.LOAD_HOOKS`` (once)."""
+    from gptforge.model.loading import LOAD_HOOKS
+
+    if _load_hook not in LOAD_HOOKS:
+        LOAD_HOOKS.append(_load_hook)
+
+
+register_load_hook()
