@@ -1,15 +1,123 @@
-"""Placeholder: this command is being built (see the issues)."""
+"""Evaluate a model: mean loss, perplexity and bits per byte on a dataset split or a text file.
+
+Long inputs are scored with a strided sliding window: each token is predicted once, with
+at least block_size - stride tokens of context (after the first window). stride =
+block_size gives disjoint blocks (fastest); the default block_size // 2 is the usual
+compromise.
+
+examples:
+  gptforge eval --model models/gpt2 --text the-verdict.txt
+  gptforge eval --model runs/shakespeare --data data/shakespeare --split val --json
+"""
 
 from __future__ import annotations
 
 import argparse
 
-from gptforge.errors import GptforgeError
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.add_argument("--model", required=True, metavar="PATH", help="model dir, run dir or Hugging Face GPT-2 folder")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", metavar="DIR", help="a dataset dir made by `gptforge prepare`")
+    source.add_argument("--text", metavar="FILE", help="a UTF-8 text file (encoded with the model's tokenizer)")
+    parser.add_argument("--split", default="val", help="dataset split with --data (default val)")
+    parser.add_argument("--block-size", type=int, default=None, help="window length (default: the model's context)")
+    parser.add_argument("--stride", type=int, default=None, help="window step (default block_size // 2)")
+    parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
+    parser.add_argument("--max-tokens", type=int, default=None, help="evaluate only the first N tokens")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto (default)")
+    parser.add_argument(
+        "--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="weight dtype (default float32)"
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name != "auto":
+        return name
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def _dataset_tokens(path: str, split: str, tokenizer: object, max_tokens: int | None) -> object:
+    """The split's tokens (shards joined, up to ``max_tokens``), after checking that the
+    dataset was made with the model's tokenizer."""
+    import numpy as np
+
+    from gptforge.data.shards import open_dataset
+    from gptforge.errors import DataError
+
+    ds = open_dataset(path)
+    if tokenizer is None:
+        raise DataError(f"the model has no tokenizer.json, so dataset {path} cannot be checked against it")
+    ds.check_compatible(tokenizer)
+    parts, have = [], 0
+    for shard in ds.shards(split):
+        if max_tokens is not None and have >= max_tokens:
+            break
+        parts.append(shard)
+        have += len(shard)
+    if not parts:
+        raise DataError(f"split {split!r} of dataset {path} holds no tokens")
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 def run(args: argparse.Namespace) -> int:
-    raise GptforgeError("this command is not implemented yet")
+    import json
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+
+    from gptforge.errors import ConfigError, DataError
+    from gptforge.evaluate import evaluate_tokens, text_tokens, token_byte_lengths
+    from gptforge.model.loading import load_model
+
+    for name in ("batch_size", "max_tokens", "stride", "block_size"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+    device = _device(args.device)
+    model = load_model(args.model, device=device, dtype=getattr(torch, args.dtype))
+    tok = model.tokenizer
+    if args.text is not None:
+        if tok is None:
+            raise ConfigError(f"{args.model} has no tokenizer.json, so text cannot be encoded; use --data")
+        path = Path(args.text)
+        if not path.is_file():
+            raise DataError(f"text file not found: {path}")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path} is not UTF-8 text ({e}); convert it first") from None
+        tokens = np.asarray(text_tokens(tok, text), dtype=np.int64)
+    else:
+        tokens = _dataset_tokens(args.data, args.split, tok, args.max_tokens)
+    if args.max_tokens is not None:
+        tokens = tokens[: args.max_tokens]
+    result = evaluate_tokens(
+        model,
+        tokens,
+        block_size=args.block_size,
+        stride=args.stride,
+        batch_size=args.batch_size,
+        byte_lengths=token_byte_lengths(tok) if tok is not None else None,
+        progress=True,
+    )
+    result.update(model=str(args.model), source=args.text or f"{args.data}:{args.split}", device=device, dtype=args.dtype)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        bpb = f"{result['bits_per_byte']:.4f}" if result["bits_per_byte"] is not None else "n/a"
+        print(f"loss {result['loss']:.4f}  perplexity {result['perplexity']:.2f}  bits/byte {bpb}")
+        print(
+            f"{result['tokens']} tokens scored in {result['windows']} windows "
+            f"(block {result['block_size']}, stride {result['stride']}) in {result['seconds']:.1f}s "
+            f"({result['tokens_per_s']:.0f} tokens/s on {device})"
+        )
+    return 0
