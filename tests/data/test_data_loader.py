@@ -24,7 +24,11 @@ def make_dataset(root: Path, splits: dict[str, list[np.ndarray]], vocab_size: in
             name = f"{split}_{i:03d}.bin"
             arr.astype("<u2").tofile(root / name)
             shards.append({"file": name, "tokens": len(arr)})
-        meta_splits[split] = {"tokens": sum(len(a) for a in arrays), "documents": 1, "shards": shards}
+        meta_splits[split] = {
+            "tokens": sum(len(a) for a in arrays),
+            "documents": 1,
+            "shards": shards,
+        }
     meta = {
         "format_version": 1,
         "vocab_size": vocab_size,
@@ -95,7 +99,9 @@ def test_random_matches_nanogpt_draw_on_one_shard(tmp_path):
     for _ in range(10):
         ix = rng.integers(0, len(data) - 8, size=5)
         x_ref = torch.stack([torch.from_numpy(data[i : i + 8].astype(np.int64)) for i in ix])
-        y_ref = torch.stack([torch.from_numpy(data[i + 1 : i + 1 + 8].astype(np.int64)) for i in ix])
+        y_ref = torch.stack(
+            [torch.from_numpy(data[i + 1 : i + 1 + 8].astype(np.int64)) for i in ix]
+        )
         x, y = loader.next_batch()
         assert torch.equal(x, x_ref) and torch.equal(y, y_ref)
 
@@ -117,7 +123,15 @@ def test_sequential_walks_every_token_once(two_shard_ds):
 def test_ddp_ranks_never_share_a_window(two_shard_ds):
     world = 3
     loaders = [
-        BatchLoader(two_shard_ds, "train", batch_size=2, block_size=10, mode="sequential", rank=r, world_size=world)
+        BatchLoader(
+            two_shard_ds,
+            "train",
+            batch_size=2,
+            block_size=10,
+            mode="sequential",
+            rank=r,
+            world_size=world,
+        )
         for r in range(world)
     ]
     steps = loaders[0].batches_per_epoch
