@@ -1,0 +1,132 @@
+"""gpt2: our ids must equal tiktoken's gpt2 encoding (built offline from the same files)."""
+
+from __future__ import annotations
+
+import pytest
+from tokenizer_stress import STRESS_TEXT
+
+from gptforge.errors import TokenizerError
+from gptforge.tokenizer.gpt2 import GPT2Tokenizer, bytes_to_unicode, gpt2_files
+
+TRICKY = [
+    "",
+    "a",
+    " ",
+    "\n",
+    "  \n\n  ",
+    "Hello world",
+    "   leading and trailing   ",
+    "I'm you're THEY'RE it's",
+    "😀",
+    "👨‍👩‍👧‍👦",
+    "中文",
+    "x\r\ny",
+    "<|endoftext|>",
+    "a<|endoftext|>b",
+    "1234567890",
+    " " * 200 + "x",
+    "a" * 500,
+    STRESS_TEXT,
+]
+
+
+@pytest.fixture(scope="module", params=["pure", "fast"])
+def gpt2(request, gpt2_dir) -> GPT2Tokenizer:  # noqa: ANN001
+    return GPT2Tokenizer(
+        gpt2_dir / "encoder.json", gpt2_dir / "vocab.bpe", fast=request.param == "fast"
+    )
+
+
+def test_byte_table_is_a_bijection_onto_printable_chars() -> None:
+    table = bytes_to_unicode()
+    assert sorted(table) == list(range(256))
+    assert len(set(table.values())) == 256
+    assert all(ch.isprintable() and not ch.isspace() for ch in table.values())
+
+
+@pytest.mark.parametrize("text", TRICKY, ids=range(len(TRICKY)))
+def test_tricky_strings_equal_tiktoken(gpt2: GPT2Tokenizer, tiktoken_gpt2, text: str) -> None:  # noqa: ANN001
+    assert gpt2.encode(text) == tiktoken_gpt2.encode_ordinary(text)
+    assert gpt2.decode(gpt2.encode(text)) == text
+
+
+def test_all_of_tinyshakespeare_equals_tiktoken(
+    gpt2: GPT2Tokenizer, tiktoken_gpt2, shakespeare: str
+) -> None:  # noqa: ANN001
+    ours = gpt2.encode(shakespeare)
+    assert ours == tiktoken_gpt2.encode_ordinary(shakespeare)
+    assert gpt2.decode(ours) == shakespeare
+
+
+def test_stress_text_per_line_and_whole(gpt2: GPT2Tokenizer, tiktoken_gpt2) -> None:  # noqa: ANN001
+    for line in STRESS_TEXT.splitlines(keepends=True):
+        assert gpt2.encode(line) == tiktoken_gpt2.encode_ordinary(line), repr(line)
+    assert gpt2.encode_batch(STRESS_TEXT.splitlines()) == tiktoken_gpt2.encode_ordinary_batch(
+        STRESS_TEXT.splitlines()
+    )
+
+
+def test_special_token_only_when_allowed(gpt2: GPT2Tokenizer, tiktoken_gpt2) -> None:  # noqa: ANN001
+    text = "end<|endoftext|>start"
+    assert gpt2.eot_id == 50256 and gpt2.vocab_size == 50257
+    plain = gpt2.encode(text)
+    assert 50256 not in plain
+    assert plain == tiktoken_gpt2.encode(text, disallowed_special=())
+    allowed = gpt2.encode(text, allowed_special="all")
+    assert allowed == tiktoken_gpt2.encode(text, allowed_special="all")
+    assert allowed.count(50256) == 1
+    assert gpt2.encode(text, allowed_special={"<|endoftext|>"}) == allowed
+    assert gpt2.decode(allowed) == text
+    with pytest.raises(TokenizerError, match="not special tokens"):
+        gpt2.encode(text, allowed_special={"<|im_start|>"})
+
+
+def test_decode_out_of_range_is_a_clear_error(gpt2: GPT2Tokenizer) -> None:
+    with pytest.raises(TokenizerError, match="50257 is out of range"):
+        gpt2.decode([15496, 50257])
+    with pytest.raises(TokenizerError, match="-1 is out of range"):
+        gpt2.decode([-1])
+
+
+def test_fast_and_pure_paths_agree_on_generated_text(gpt2_dir) -> None:  # noqa: ANN001
+    """Fast (tiktoken) vs ours on random byte soup decoded leniently: covers odd unicode."""
+    import random
+
+    pure = GPT2Tokenizer(gpt2_dir / "encoder.json", gpt2_dir / "vocab.bpe", fast=False)
+    fast = GPT2Tokenizer(gpt2_dir / "encoder.json", gpt2_dir / "vocab.bpe", fast=True)
+    rng = random.Random(0)
+    for _ in range(200):
+        text = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 80))).decode(
+            "utf-8", "replace"
+        )
+        text += "".join(rng.choice(" \n\t'sdlx中😀\u0301") for _ in range(rng.randrange(20)))
+        assert pure.encode(text) == fast.encode(text), repr(text)
+
+
+def test_missing_files_error_names_where_it_looked(tmp_path) -> None:  # noqa: ANN001
+    with pytest.raises(TokenizerError) as e:
+        gpt2_files(tmp_path)
+    msg = str(e.value)
+    assert (
+        str(tmp_path / "gpt2" / "encoder.json") in msg
+        and "vocab.bpe" in msg
+        and "GPTFORGE_DATA_DIR" in msg
+    )
+
+
+def test_files_found_at_top_level_too(tmp_path, gpt2_dir) -> None:  # noqa: ANN001
+    import shutil
+
+    for name in ("encoder.json", "vocab.bpe"):
+        shutil.copy(gpt2_dir / name, tmp_path / name)
+    assert gpt2_files(tmp_path) == (tmp_path / "encoder.json", tmp_path / "vocab.bpe")
+
+
+def test_load_tokenizer_gpt2_uses_data_dir(monkeypatch, tmp_path) -> None:  # noqa: ANN001
+    from gptforge import load_tokenizer
+
+    tok = load_tokenizer("gpt2")
+    assert tok.kind == "gpt2" and tok.encode("Hello world") == [15496, 995]
+    monkeypatch.setenv("GPTFORGE_DATA_DIR", str(tmp_path))
+    with pytest.raises(TokenizerError, match="not found"):
+        load_tokenizer("gpt2")
