@@ -96,6 +96,8 @@ def export_hf(model_path: str | Path, out: str | Path, overwrite: bool = False, 
     bad = [what for key, what in _NOT_EXPORTABLE_KEYS.items() if key in extra]
     if bad:
         raise ModelError(f"{model_path} cannot be exported as GPT-2: it is {'; '.join(bad)}")
+    eot = model.tokenizer.eot_id if model.tokenizer is not None else None
+    hf_config = hf_config_from_gpt(model.config, eot_id=eot)  # refuses post-LN etc. before the slow part
     tok = model.tokenizer
     tables = None
     if not weights_only:
@@ -105,8 +107,6 @@ def export_hf(model_path: str | Path, out: str | Path, overwrite: bool = False, 
             tables = hf_vocab_and_merges(tok)  # fail before writing anything
         except TokenizerError as e:
             raise TokenizerError(f"{e}; pass --weights-only to export the model without a tokenizer") from None
-    eot = tok.eot_id if tok is not None else None
-    hf_config = hf_config_from_gpt(model.config, eot_id=eot)
     hf_config["torch_dtype"] = str(model.transformer.wte.weight.dtype).removeprefix("torch.")
     state = hf_state_from_gpt(model)
     written = ["config.json", "model.safetensors"]

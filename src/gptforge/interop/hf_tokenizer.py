@@ -6,10 +6,12 @@ and ``merges.txt`` (one merge per line, in priority order); ``tokenizer_config.j
 
 Any tokenizer that splits text with GPT-2's regex and then merges bytes can be written,
 whatever its kind: the vocabulary is read through the public interface (each id's
-bytes), and the merges are recovered from it. That works because every BPE kind in
-gptforge numbers a merged token after the two tokens it joins (see
-:mod:`gptforge.tokenizer.bpe_core`), so the merge that made token ``t`` is what BPE
-produces on ``t``'s bytes using only the merges made before ``t``: exactly two parts.
+bytes). The merges come from the tokenizer's ``merges`` table when it has one
+(``regex-bpe``); otherwise (``gpt2``) they are recovered from the vocabulary. That works
+because every BPE kind in gptforge numbers a merged token after the two tokens it joins
+(see :mod:`gptforge.tokenizer.bpe_core`), so the merge that made token ``t`` is what BPE
+produces on ``t``'s bytes using only the merges made before ``t``: exactly two parts
+(for GPT-2 this rebuilds ``vocab.bpe`` line for line; the tests check it).
 """
 
 from __future__ import annotations
@@ -53,9 +55,12 @@ def hf_vocab_and_merges(tok: Any) -> tuple[dict[str, int], list[str]]:
             f"tokenizer kind {tok.kind!r} has no token for bytes {missing[:8]}: it is not a byte-level "
             "BPE and cannot be written as GPT-2 vocab.json/merges.txt"
         )
+    known = getattr(tok, "merges", None)  # BPETokenizer keeps its merge table: use the real one
     vocab: dict[str, int] = {}
     merges: dict[tuple[int, int], int] = {}
     lines: list[str] = []
+    if isinstance(known, dict):
+        by_id = {new_id: pair for pair, new_id in known.items()}
     for i in range(tok.vocab_size):
         if i in special_ids:
             vocab[special_ids[i]] = i
@@ -64,8 +69,11 @@ def hf_vocab_and_merges(tok: Any) -> tuple[dict[str, int], list[str]]:
         vocab["".join(spell[x] for x in b)] = i
         if len(b) < 2:
             continue
-        # BPE on the token's bytes with the merges learned before it stops at the last merge's two halves.
-        parts = bpe_merge_chunk([byte_id[x] for x in b], merges)
+        if isinstance(known, dict):
+            parts = list(by_id.get(i, ()))
+        else:
+            # BPE on the token's bytes with the merges learned before it stops at the last merge's two halves.
+            parts = bpe_merge_chunk([byte_id[x] for x in b], merges)
         if len(parts) != 2 or token_bytes[parts[0]] + token_bytes[parts[1]] != b:
             raise TokenizerError(
                 f"token {i} ({b!r}) of tokenizer kind {tok.kind!r} is not the merge of two earlier tokens, "
