@@ -103,7 +103,7 @@ def split_by_hash(
     It depends only on (seed, index), never on chunking or worker count.
 
     >>> split_by_hash(np.arange(8), 0, 0.5, 0.0).tolist()
-    [1, 1, 0, 1, 0, 1, 0, 1]
+    [0, 0, 0, 1, 1, 1, 0, 1]
     """
     with np.errstate(over="ignore"):
         z = np.asarray(index, dtype=np.uint64) + np.uint64((seed * 0x9E3779B97F4A7C15) % (1 << 64))
