@@ -1,11 +1,7 @@
-"""Train, inspect and use tokenizers.
-
-  gptforge tokenizer train  --kind {char,bpe,regex-bpe,hf-bpe} --vocab-size N --input PATH... --out DIR
-  gptforge tokenizer encode --tokenizer SPEC (--text TEXT | --file PATH)
-  gptforge tokenizer decode --tokenizer SPEC --ids "IDS"
-  gptforge tokenizer info   --tokenizer SPEC [--file PATH] [--json]
-
-SPEC is a tokenizer.json file, a folder holding one, or 'gpt2'.
+"""Train, inspect and use tokenizers: `train` learns one from text files (char, bpe, regex-bpe,
+hf-bpe) and writes DIR/tokenizer.json; `encode` prints the ids of a text, `decode` the text of ids;
+`info` prints kind, vocab size, special tokens, fingerprint and, with --file, the compression ratio.
+A tokenizer SPEC is a tokenizer.json file, a folder holding one (e.g. a model dir), or 'gpt2'.
 """
 
 from __future__ import annotations
