@@ -153,7 +153,7 @@ def _ordered_map(fn: Callable, chunks: Iterable, workers: int, init_args: tuple)
         yield from map(fn, chunks)
         return
     tok = init_args[0]
-    args = (tok.to_dict() if tok is not None else None, *init_args[1:])
+    args = (tok.to_dict() if tok is not None else None, *init_args[1:], True)
     ctx = mp.get_context("spawn")  # no fork of a process holding threads/locks
     with ctx.Pool(workers, initializer=readers.init_worker, initargs=args) as pool:
         pending: deque = deque()

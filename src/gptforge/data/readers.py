@@ -246,8 +246,17 @@ def init_worker(
     skip_bad_lines: bool,
     add_eot: bool,
     dtype: str,
+    child: bool = False,
 ) -> None:
-    """Set up a worker: the tokenizer (an object, or its ``to_dict()`` to rebuild) and options."""
+    """Set up a worker: the tokenizer (an object, or its ``to_dict()`` to rebuild) and options.
+
+    In a child process Ctrl-C is ignored: the main process handles it (stops the pool,
+    removes the unfinished output), so the user sees one message, not one per worker.
+    """
+    if child:
+        import signal
+
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     if isinstance(tokenizer, dict):
         from gptforge.tokenizer.files import tokenizer_from_dict
 
