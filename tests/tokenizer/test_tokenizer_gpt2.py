@@ -130,3 +130,25 @@ def test_load_tokenizer_gpt2_uses_data_dir(monkeypatch, tmp_path) -> None:  # no
     monkeypatch.setenv("GPTFORGE_DATA_DIR", str(tmp_path))
     with pytest.raises(TokenizerError, match="not found"):
         load_tokenizer("gpt2")
+
+
+def test_hugging_face_gpt2_tokenizer_json_loads_with_same_ids(
+    tmp_path, gpt2_dir, tiktoken_gpt2
+) -> None:  # noqa: ANN001
+    """A Hugging Face GPT-2 folder's tokenizer.json (built here from the same files) loads as hf-bpe."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+    from gptforge import load_tokenizer
+
+    hf = Tokenizer(
+        models.BPE.from_file(str(gpt2_dir / "encoder.json"), str(gpt2_dir / "vocab.bpe"))
+    )
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.decoder = decoders.ByteLevel()
+    hf.add_special_tokens([AddedToken("<|endoftext|>", special=True)])
+    hf.save(str(tmp_path / "tokenizer.json"))
+    tok = load_tokenizer(tmp_path)
+    assert tok.kind == "hf-bpe" and tok.vocab_size == 50257 and tok.eot_id == 50256
+    for text in TRICKY:
+        assert tok.encode(text) == tiktoken_gpt2.encode_ordinary(text), repr(text)
+        assert tok.decode(tok.encode(text)) == text
