@@ -236,3 +236,31 @@ def test_hash_split_is_uniform_and_seeded():
     assert abs((a == 1).mean() - 0.1) < 0.01 and abs((a == 2).mean() - 0.05) < 0.01
     assert np.array_equal(a, split_by_hash(idx, 1, 0.1, 0.05))
     assert not np.array_equal(a, split_by_hash(idx, 2, 0.1, 0.05))
+
+
+def test_hf_streaming_with_a_fake_datasets_module(tmp_path, monkeypatch, jsonl_file, tiktoken_gpt2):
+    """The hf: path with a stand-in for `datasets.load_dataset(..., streaming=True)`."""
+    import sys
+    import types
+
+    _, lines = jsonl_file
+    calls = []
+
+    def load_dataset(name, config=None, split=None, streaming=False):
+        calls.append((name, config, split, streaming))
+        return ({"content": t, "n": i} for i, t in enumerate(lines[:700]))
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    meta = prepare(
+        ["hf:someone/corpus:en:validation"], "gpt2", tmp_path / "ds", opts(text_field="content")
+    )
+    assert calls == [("someone/corpus", "en", "validation", True)]
+    assert meta["split_method"] == "hash" and meta["sources"][0]["name"] == "someone/corpus"
+    which = split_by_hash(np.arange(700), 1337, 0.1, 0.0)
+    ds = open_dataset(tmp_path / "ds")
+    ref = [
+        t
+        for i in np.flatnonzero(which == 1)
+        for t in tiktoken_gpt2.encode_ordinary(lines[i]) + [50256]
+    ]
+    assert split_ids(ds, "val").tolist() == ref
