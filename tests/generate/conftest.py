@@ -16,11 +16,12 @@ def gpt2_tokenizer():
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
+def _one_thread(monkeypatch):
     """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine
     two threads per test process oversubscribe the CPU; restored afterwards."""
     import torch
 
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # CLI subprocesses of these tests too
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

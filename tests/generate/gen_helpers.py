@@ -26,12 +26,16 @@ class ScriptedModel(torch.nn.Module):
         self.config = GPTConfig(vocab_size=vocab_size, block_size=block_size, n_layer=1, n_head=1, n_embd=4)
         self.dummy = torch.nn.Parameter(torch.zeros(1))
         self.calls = 0
+        self.prompts: list[list[int]] = []  # the ids of every prefill (first row)
 
     def make_kv_cache(self, batch_size: int, max_seq_len: int | None = None, dtype: object = None) -> KVCache:
         return KVCache(1, batch_size, 1, min(max_seq_len or 512, self.config.block_size), 1)
 
     def forward(self, idx: torch.Tensor, kv_cache: KVCache | None = None, last_only: bool = False,
                 **kw: object) -> torch.Tensor:
+        if kv_cache.pos == 0:
+            self.prompts.append(idx[0].tolist())
+            self.calls = 0  # a new generation restarts the script
         kv_cache.advance(idx.shape[1])
         i = min(self.calls, len(self.script) - 1)
         self.calls += 1

@@ -1,15 +1,123 @@
-"""Placeholder: this command is being built (see the issues)."""
+"""Generate text from a model: greedy or sampled, streamed to stdout as it is produced.
+
+Examples:
+  gptforge generate --model runs/shakespeare --prompt "ROMEO:" --max-new-tokens 200
+  gptforge generate --model gpt2-dir --prompt "The meaning of life" --temperature 0.8 --top-p 0.95 --seed 1
+  gptforge generate --model gpt2-dir --prompt "" --temperature 0       # empty: start from end-of-text
+
+Only the continuation is printed (add --echo to print the prompt too). With
+--num-samples N the samples are generated as one batch and printed one after
+another, separated by a line "----- sample i -----".
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import sys
+import time
 
-from gptforge.errors import GptforgeError
+logger = logging.getLogger(__name__)
+
+
+def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
+    """Decoding flags shared by ``generate`` and ``chat``."""
+    parser.add_argument("--model", required=True, help="model dir, run dir or Hugging Face GPT-2 folder")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="tokens to generate at most")
+    parser.add_argument("--temperature", type=float, default=None, help="softmax temperature; 0 = greedy")
+    parser.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
+    parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold in (0, 1]")
+    parser.add_argument("--min-p", type=float, default=None, help="drop tokens below min_p x the top probability")
+    parser.add_argument("--repetition-penalty", type=float, default=1.0, help="CTRL repetition penalty; 1 = off")
+    parser.add_argument("--frequency-penalty", type=float, default=0.0, help="OpenAI frequency penalty; 0 = off")
+    parser.add_argument("--presence-penalty", type=float, default=0.0, help="OpenAI presence penalty; 0 = off")
+    parser.add_argument("--stop", nargs="+", default=None, metavar="S", help="stop strings (not printed)")
+    parser.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto (default)")
+    parser.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=None,
+                        help="weight dtype (default: as saved)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    add_generation_arguments(parser)
+    parser.add_argument("--prompt", required=True, help="the text to continue ('' = start from end-of-text)")
+    parser.add_argument("--num-samples", type=int, default=1, help="independent samples of the prompt")
+    parser.add_argument("--no-stream", action="store_true", help="print the text once it is complete")
+    parser.add_argument("--echo", action="store_true", help="print the prompt before the continuation")
+
+
+def resolve_device(name: str) -> str:
+    import torch
+
+    if name != "auto":
+        return name
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def build_config(args: argparse.Namespace, **defaults: object) -> object:
+    """A validated GenerationConfig from the flags (unset flags take ``defaults``)."""
+    from gptforge.generate.config import GenerationConfig
+
+    values = dict(
+        repetition_penalty=args.repetition_penalty,
+        frequency_penalty=args.frequency_penalty,
+        presence_penalty=args.presence_penalty,
+        top_k=args.top_k, top_p=args.top_p, min_p=args.min_p, seed=args.seed,
+        stop_strings=args.stop,
+    )  # fmt: skip
+    values.update(defaults)
+    if args.max_new_tokens is not None:
+        values["max_new_tokens"] = args.max_new_tokens
+    if args.temperature is not None:
+        values["temperature"] = args.temperature
+    return GenerationConfig(**values)
+
+
+def load_for_generation(args: argparse.Namespace) -> object:
+    """Load the model named by --model on --device/--dtype; it must carry a tokenizer."""
+    import torch
+
+    from gptforge.errors import ModelError
+    from gptforge.model.loading import load_model
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, None: None}[args.dtype]
+    model = load_model(args.model, device=resolve_device(args.device), dtype=dtype)
+    if getattr(model, "tokenizer", None) is None:
+        raise ModelError(f"the model at {args.model} has no tokenizer.json; save the model with its tokenizer")
+    return model
 
 
 def run(args: argparse.Namespace) -> int:
-    raise GptforgeError("this command is not implemented yet")
+    config = build_config(args, num_samples=args.num_samples)  # validate flags before loading anything
+    from gptforge.generate.text import generate_texts, stream_chunks
+
+    model = load_for_generation(args)
+    tok = model.tokenizer
+    out = sys.stdout
+    if args.echo:
+        out.write(args.prompt)
+    t0 = time.perf_counter()
+    if config.num_samples == 1 and not args.no_stream:
+        n = 0
+        for chunk in stream_chunks(model, tok, args.prompt, config):
+            out.write(chunk.text)
+            out.flush()
+            n = chunk.completion_tokens
+        out.write("\n")
+    else:
+        texts = generate_texts(model, tok, [args.prompt], config)
+        n = None
+        for i, text in enumerate(texts):
+            if len(texts) > 1:
+                out.write(f"----- sample {i} -----\n")
+            out.write(text + "\n")
+    out.flush()
+    dt = time.perf_counter() - t0
+    if n:
+        logger.info("%d tokens in %.2fs (%.1f tokens/s)", n, dt, n / dt)
+    return 0

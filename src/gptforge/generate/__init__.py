@@ -1,30 +1,33 @@
 """Generation: sampling functions, the KV-cache decoding engine, text streaming, chat.
 
-``sampling`` is pure functions on logits; ``engine`` turns a model and prompt ids
-into new ids (prefill once, then one token per step); ``text`` adds tokenization,
-UTF-8-safe streaming and stop strings; ``chat`` is the terminal chat loop.
+``config`` holds :class:`GenerationConfig` (no torch import); ``sampling`` is pure
+functions on logits; ``engine`` turns a model and prompt ids into new ids (prefill
+once, then one token per step); ``text`` adds tokenization, UTF-8-safe streaming and
+stop strings; ``chat`` is the terminal chat session. Names below are imported lazily.
 """
 
 from __future__ import annotations
 
-from gptforge.generate.engine import GenerationConfig, generate, stream_tokens
-from gptforge.generate.text import (
-    TextChunk,
-    TextStream,
-    generate_text,
-    generate_texts,
-    stream_chunks,
-    stream_text,
-)
+from typing import Any
 
-__all__ = [
-    "GenerationConfig",
-    "TextChunk",
-    "TextStream",
-    "generate",
-    "generate_text",
-    "generate_texts",
-    "stream_chunks",
-    "stream_text",
-    "stream_tokens",
-]
+_LAZY = {
+    "GenerationConfig": "gptforge.generate.config",
+    "generate": "gptforge.generate.engine",
+    "stream_tokens": "gptforge.generate.engine",
+    "TextChunk": "gptforge.generate.text",
+    "TextStream": "gptforge.generate.text",
+    "generate_text": "gptforge.generate.text",
+    "generate_texts": "gptforge.generate.text",
+    "stream_chunks": "gptforge.generate.text",
+    "stream_text": "gptforge.generate.text",
+    "ChatSession": "gptforge.generate.chat",
+}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'gptforge.generate' has no attribute {name!r}")

@@ -33,35 +33,7 @@ import math
 
 import torch
 
-from gptforge.errors import ConfigError
-
-
-def validate_sampling(
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    min_p: float | None = None,
-    repetition_penalty: float = 1.0,
-    frequency_penalty: float = 0.0,
-    presence_penalty: float = 0.0,
-) -> None:
-    """Check sampling options; raise one :class:`ConfigError` listing every problem."""
-    problems = []
-    if not isinstance(temperature, (int, float)) or math.isnan(temperature) or temperature < 0:
-        problems.append(f"temperature {temperature} must be >= 0 (0 = greedy)")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        problems.append(f"top_k {top_k} must be an integer >= 1 (or unset to disable)")
-    if top_p is not None and not (0.0 < top_p <= 1.0):
-        problems.append(f"top_p {top_p} must be in (0, 1] (or unset to disable)")
-    if min_p is not None and not (0.0 <= min_p <= 1.0):
-        problems.append(f"min_p {min_p} must be in [0, 1] (or unset to disable)")
-    if not repetition_penalty > 0:
-        problems.append(f"repetition_penalty {repetition_penalty} must be > 0 (1 = off)")
-    for name, value in (("frequency_penalty", frequency_penalty), ("presence_penalty", presence_penalty)):
-        if not math.isfinite(value):
-            problems.append(f"{name} {value} must be a finite number (0 = off)")
-    if problems:
-        raise ConfigError("invalid sampling options: " + "; ".join(problems))
+from gptforge.generate.config import validate_sampling  # noqa: F401  (part of this module's API)
 
 
 def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
