@@ -27,6 +27,7 @@ tinyshakespeare and a unicode stress text):
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 from collections.abc import Iterable
@@ -108,8 +109,13 @@ def gpt2_files(base: Path | None = None) -> tuple[Path, Path]:
 @functools.lru_cache(maxsize=4)
 def _read_tables(
     encoder_path: str, vocab_path: str, _mtimes: tuple[float, float]
-) -> tuple[list[bytes], dict[tuple[int, int], int]]:
-    """Parse the two files into ``id -> bytes`` and ``(left, right) -> merged id`` (cached per file version)."""
+) -> tuple[list[bytes], dict[tuple[int, int], int], int | None, str]:
+    """Parse the two files (cached per file version).
+
+    Returns:
+        ``id -> bytes``, ``(left, right) -> merged id``, the ``<|endoftext|>`` id (or None),
+        and a sha256 of both tables (it goes into the fingerprint).
+    """
     byte_of = {ch: b for b, ch in bytes_to_unicode().items()}
     try:
         encoder: dict[str, int] = json.loads(Path(encoder_path).read_text(encoding="utf-8"))
@@ -131,18 +137,32 @@ def _read_tables(
     if special is not None:
         token_bytes[special] = ENDOFTEXT.encode()
     merges: dict[tuple[int, int], int] = {}
+    last = -1
     # line 0 is a "#version" header; empty lines (the trailing newline) are skipped
     for line in merge_lines[1:]:
         if not line:
             continue
-        left, right = line.split(" ")
         try:
-            merges[(encoder[left], encoder[right])] = encoder[left + right]
-        except KeyError:
+            left, right = line.split(" ")
+            merged = encoder[left + right]
+            merges[(encoder[left], encoder[right])] = merged
+        except (KeyError, ValueError):
             raise TokenizerError(
                 f"{vocab_path} does not match {encoder_path} (merge {line!r}); use the pair from the same release"
             ) from None
-    return token_bytes, merges
+        # we (and tiktoken) use "smaller merged id = learned earlier"; GPT-2's files guarantee it
+        if merged <= last:
+            raise TokenizerError(
+                f"{encoder_path} numbers merged tokens out of merge order (merge {line!r} makes id {merged} "
+                f"after id {last}); this is not a GPT-2 style vocabulary"
+            )
+        last = merged
+    h = hashlib.sha256()
+    for (a, b), m in merges.items():
+        h.update(f"{a} {b} {m}\n".encode())
+    for tb in token_bytes:
+        h.update(tb.hex().encode() + b"\n")
+    return token_bytes, merges, special, h.hexdigest()
 
 
 class GPT2Tokenizer(Tokenizer):
@@ -168,10 +188,10 @@ class GPT2Tokenizer(Tokenizer):
         for p in (enc, voc):
             if not p.is_file():
                 raise TokenizerError(f"GPT-2 tokenizer file not found: {p}")
-        self._token_bytes, self._merges = _read_tables(
+        self._token_bytes, self._merges, eot, self._tables_sha256 = _read_tables(
             str(enc), str(voc), (enc.stat().st_mtime, voc.stat().st_mtime)
         )
-        self.special_tokens = {ENDOFTEXT: len(self._token_bytes) - 1}
+        self.special_tokens = {ENDOFTEXT: eot} if eot is not None else {}
         self._byte_ids = self._initial_byte_ids()
         self._pattern = regex.compile(GPT2_PATTERN)
         self._cache: dict[str, list[int]] = {}
@@ -260,19 +280,12 @@ class GPT2Tokenizer(Tokenizer):
     def to_dict(self) -> dict[str, Any]:
         """Built-in: saved by name; the files themselves are found again at load time.
 
-        ``merges_sha256`` pins the exact files so a fingerprint changes if they do.
+        ``tables_sha256`` pins the exact vocabulary so a fingerprint changes if the files do.
         """
-        import hashlib
-
-        h = hashlib.sha256()
-        for (a, b), m in self._merges.items():
-            h.update(f"{a} {b} {m}\n".encode())
-        for tb in self._token_bytes:
-            h.update(tb.hex().encode() + b"\n")
         return {
             "kind": self.kind,
             "vocab_size": self.vocab_size,
             "pattern": GPT2_PATTERN,
             "special_tokens": dict(self.special_tokens),
-            "tables_sha256": h.hexdigest(),
+            "tables_sha256": self._tables_sha256,
         }
