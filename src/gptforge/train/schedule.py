@@ -21,16 +21,16 @@ from gptforge.train.config import TrainConfig
 def lr_at(step: int, cfg: TrainConfig) -> float:
     """The learning rate for optimizer step ``step`` (0-based).
 
-    Warmup is linear from ``lr / warmup_steps`` at step 0 to ``lr`` at step
-    ``warmup_steps - 1`` (nanoGPT's ``(it + 1) / warmup``, so step 0 does learn).
+    Warmup is linear, ``lr * (step + 1) / (warmup_steps + 1)`` as in nanoGPT's
+    ``get_lr`` (so step 0 already learns a little, and step ``warmup_steps`` is at ``lr``).
     After warmup: constant ``lr``, or a cosine / linear decay that reaches
     ``min_lr`` at ``decay_steps`` and stays there.
 
-    Example (lr 1.0, min_lr 0.0, warmup 10, decay over 110 steps, cosine):
-    step 4 -> 0.5, step 10 -> 1.0, step 60 -> 0.5, step 110 -> 0.0.
+    Example (lr 1.0, min_lr 0.0, warmup 9, decay over 109 steps, cosine):
+    step 4 -> 0.5, step 9 -> 1.0, step 59 -> 0.5, step 109 -> 0.0.
     """
     if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
+        return cfg.lr * (step + 1) / (cfg.warmup_steps + 1)
     if cfg.schedule == "constant":
         return cfg.lr
     if step >= cfg.decay_steps:
