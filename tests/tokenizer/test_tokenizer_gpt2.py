@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from tokenizer_stress import STRESS_TEXT
 
 from gptforge.errors import TokenizerError
@@ -152,3 +154,21 @@ def test_hugging_face_gpt2_tokenizer_json_loads_with_same_ids(
     for text in TRICKY:
         assert tok.encode(text) == tiktoken_gpt2.encode_ordinary(text), repr(text)
         assert tok.decode(tok.encode(text)) == text
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    text=st.text()
+    | st.text(alphabet=st.sampled_from(list(" \t\r\n'sSltmdve中😀\u200d\u0301שa1.!")), max_size=80)
+)
+def test_both_paths_equal_tiktoken_on_arbitrary_unicode(
+    tokenizers_by_kind, tiktoken_gpt2, text: str
+) -> None:  # noqa: ANN001
+    pure, fast = tokenizers_by_kind["gpt2-pure"], tokenizers_by_kind["gpt2-fast"]
+    assert pure.encode(text) == tiktoken_gpt2.encode_ordinary(text)
+    assert pure.encode(text, allowed_special="all") == tiktoken_gpt2.encode(
+        text, allowed_special="all"
+    )
+    assert fast.encode(text) == tiktoken_gpt2.encode_ordinary(text)
