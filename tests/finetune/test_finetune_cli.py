@@ -1,0 +1,158 @@
+"""`gptforge finetune classify|instruct` and `gptforge classify` end to end, and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from gptforge import GPT, GPTConfig
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    from gptforge.model.loading import save_model
+    from gptforge.tokenizer import load_tokenizer
+
+    data = Path(os.environ.get("GPTFORGE_DATA_DIR", ""))  # set by conftest for every test
+    if not (data / "gpt2" / "encoder.json").is_file():
+        pytest.skip(f"GPT-2 BPE files not found under {data}; set GPTFORGE_DATA_DIR")
+
+    tok = load_tokenizer("gpt2")
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=1, n_head=2, n_embd=32))
+    out = tmp_path_factory.mktemp("ft") / "tiny"
+    save_model(model, out, tokenizer=tok)
+    return out
+
+
+def _write_spam(path: Path, n: int = 80) -> Path:
+    rng = random.Random(0)
+    spam = ["WIN a FREE prize now", "claim your cash reward, call 0800", "URGENT you won a free holiday"]
+    ham = ["see you at lunch", "ok i will call you later", "are we still on for tonight"]
+    rows = ["label\ttext"]
+    for i in range(n):
+        label = "spam" if i % 2 else "ham"
+        rows.append(f"{label}\t{rng.choice(spam if i % 2 else ham)} {rng.randint(0, 99)}")
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+class _Result:
+    """What `gptforge ARGS` produced when run in this process (no interpreter start-up)."""
+
+    def __init__(self, returncode: int, stdout: str, stderr: str) -> None:
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+@pytest.fixture
+def gf(capsys):
+    """Run the CLI in-process through ``gptforge.cli.main.main`` (same code path as the
+    console script, minus the subprocess); `cli` (a real subprocess) is used where the
+    process boundary matters."""
+    import logging
+
+    from gptforge.cli.main import main
+
+    def run(*args: str) -> _Result:
+        capsys.readouterr()
+        rc = main(list(args))
+        out, err = capsys.readouterr()
+        logging.getLogger("gptforge").handlers[:] = []  # main() set a handler on the old stderr
+        return _Result(rc, out, err)
+
+    return run
+
+
+def _assert_one_line_error(proc, *needles: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    lines = [x for x in proc.stderr.splitlines() if x.strip()]
+    assert lines[-1].startswith("error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    for needle in needles:
+        assert needle in lines[-1], lines[-1]
+
+
+def test_classify_end_to_end(cli, gf, tiny_model, tmp_path) -> None:
+    data = _write_spam(tmp_path / "spam.tsv")
+    run = tmp_path / "run"
+    proc = gf("finetune", "classify", "--model", str(tiny_model), "--data", str(data), "--out", str(run),
+               "--train", "all", "--epochs", "3", "--batch-size", "8", "--lr", "3e-3", "--no-progress", "--json")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(proc.stdout)
+    on_disk = json.loads((run / "results.json").read_text())
+    assert on_disk["test_accuracy"] == results["test_accuracy"] >= 0.9  # an easy, separable task
+    assert on_disk["labels"] == ["ham", "spam"]
+    assert set(results["reports"]["test"]) >= {"accuracy", "per_class", "confusion_matrix"}
+    assert (run / "metrics.jsonl").is_file() and (run / "final" / "model.safetensors").is_file()
+    proc = cli("classify", "--model", str(run), "--text", "claim your FREE cash prize now", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["label"] == "spam"
+    # nothing is overwritten without --overwrite
+    proc = gf("finetune", "classify", "--model", str(tiny_model), "--data", str(data), "--out", str(run))
+    _assert_one_line_error(proc, "already exists")
+
+
+def test_instruct_end_to_end_with_lora_merge(gf, tiny_model, tmp_path) -> None:
+    records = [{"instruction": f"Repeat the word {w}.", "output": f"{w} {w}"} for w in ["cat", "dog", "sun", "sky"] * 6]
+    data = tmp_path / "inst.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in records))
+    run = tmp_path / "irun"
+    proc = gf("finetune", "instruct", "--model", str(tiny_model), "--data", str(data), "--out", str(run),
+               "--lora-rank", "4", "--lora-alpha", "8", "--merge", "--epochs", "3", "--lr", "1e-2", "--batch-size", "4",
+               "--val-fraction", "0.25", "--eval-samples", "2", "--max-new-tokens", "4", "--no-progress")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads((run / "results.json").read_text())
+    assert res["val_loss_after"] < res["val_loss_before"]
+    assert res["trainable_params"] < 0.05 * res["total_params"]
+    rows = [json.loads(x) for x in (run / "responses.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all({"prompt", "reference", "response"} <= set(r) for r in rows)
+    cfg = json.loads((run / "final" / "config.json").read_text())
+    assert cfg["template"]["name"] == "alpaca" and "lora" not in cfg  # merged: a plain GPT
+    from gptforge.model.loading import load_model
+
+    model = load_model(run)
+    assert type(model) is GPT
+    assert not any("lora" in k for k in model.state_dict())
+
+
+def test_bad_input(cli, gf, tiny_model, tmp_path) -> None:
+    m = str(tiny_model)
+    out = str(tmp_path / "never")
+    no_label = tmp_path / "nolabel.tsv"
+    no_label.write_text("label\ttext\nham\thello\n\tno label here\n")
+    _assert_one_line_error(cli("finetune", "classify", "--model", m, "--data", str(no_label), "--out", out),
+                           "nolabel.tsv record 3", "no label")  # fmt: skip
+    single = tmp_path / "single.tsv"
+    single.write_text("label\ttext\nham\thello\nham\tbye\n")
+    _assert_one_line_error(gf("finetune", "classify", "--model", m, "--data", str(single), "--out", out),
+                           "single class")  # fmt: skip
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    _assert_one_line_error(gf("finetune", "instruct", "--model", m, "--data", str(empty), "--out", out),
+                           "empty.jsonl", "no records")  # fmt: skip
+    no_output = tmp_path / "noout.json"
+    no_output.write_text(json.dumps([{"instruction": "a", "output": "b"}, {"instruction": "c"}]))
+    _assert_one_line_error(gf("finetune", "instruct", "--model", m, "--data", str(no_output), "--out", out),
+                           "noout.json record 2", "output")  # fmt: skip
+    _assert_one_line_error(gf("classify", "--model", m, "--text", "hi"), "not a classifier")
+    assert not Path(out).exists()
+
+
+def test_too_long_records_skip_or_truncate(gf, tiny_model, tmp_path) -> None:
+    long = {"instruction": "Say a lot.", "output": "word " * 200}
+    short = {"instruction": "Say hi.", "output": "hi"}
+    data = tmp_path / "long.json"
+    data.write_text(json.dumps([long, short, short, short]))
+    common = ["finetune", "instruct", "--model", str(tiny_model), "--data", str(data), "--epochs", "1",
+              "--val-fraction", "0", "--eval-samples", "0", "--no-progress", "--json"]  # fmt: skip
+    proc = gf(*common, "--out", str(tmp_path / "t"), "--on-too-long", "truncate")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["n_train"] == 4 and "longer than 64 tokens" in proc.stderr
+    proc = gf(*common, "--out", str(tmp_path / "s"), "--on-too-long", "skip")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["n_train"] == 3
