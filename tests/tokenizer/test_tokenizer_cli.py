@@ -305,3 +305,11 @@ def test_bad_input_pattern_for_wrong_kind(cli, tmp_path: Path, verdict: Path) ->
         str(tmp_path / "t"),
     )
     assert_user_error(proc, "--pattern")
+
+
+def test_bad_input_output_is_a_file(cli, tmp_path: Path, verdict: Path) -> None:  # noqa: ANN001
+    out = tmp_path / "afile"
+    out.write_text("not a folder")
+    proc = cli("tokenizer", "train", "--kind", "char", "--input", str(verdict), "--out", str(out))
+    assert_user_error(proc, "cannot write", str(out))
+    assert out.read_text() == "not a folder"

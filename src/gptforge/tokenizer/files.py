@@ -81,7 +81,12 @@ def save_tokenizer(tok: Tokenizer, path: str | os.PathLike) -> Path:
     path = Path(path)
     if path.suffix != ".json":
         path = path / TOKENIZER_FILE
-    write_json(path, {"format_version": FORMAT_VERSION, **tok.to_dict()})
+    try:
+        write_json(path, {"format_version": FORMAT_VERSION, **tok.to_dict()})
+    except OSError as e:
+        raise TokenizerError(
+            f"cannot write {path}: {e.strerror or e}; choose an output folder you can write to"
+        ) from None
     return path
 
 
