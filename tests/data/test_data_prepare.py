@@ -135,6 +135,11 @@ def test_folder_documents_split_disjoint_and_deterministic(tmp_path, doc_folder,
     ref = {tuple(tiktoken_gpt2.encode_ordinary(d)) for d in docs}
     seen = [tuple(d) for s in got for d in got[s]]
     assert len(seen) == 40 and set(seen) == ref  # every document once, in exactly one split
+    # decoding a split gives back its source files' text, each followed by the separator
+    tok = ds.load_tokenizer()
+    text = tok.decode(split_ids(ds, "val").tolist())
+    pieces = text.split("<|endoftext|>")
+    assert pieces[-1] == "" and len(pieces) == 5 and set(pieces[:-1]) <= set(docs)
     assert sum(v["tokens"] for v in meta["splits"].values()) == sum(len(d) + 1 for d in ref)
     # same seed -> identical shards; another seed -> another assignment
     prepare([str(root)], "gpt2", tmp_path / "b", opts(val_fraction=0.1, test_fraction=0.1))
