@@ -5,13 +5,13 @@ from __future__ import annotations
 import torch
 
 from gptforge import GPT, GPTConfig
+from gptforge.data.collate import pad_collate
 from gptforge.finetune.classify import (
     GPTClassifier,
     classification_report,
     predict,
     set_trainable,
 )
-from gptforge.finetune.data import pad_batch
 from gptforge.finetune.lora import count_trainable
 from gptforge.model.loading import load_model, save_model
 from gptforge.tokenizer.char import CharTokenizer
@@ -34,7 +34,7 @@ def test_head_reads_last_real_token_whatever_the_padding() -> None:
     alone = torch.cat([model.classify_logits(torch.tensor([s])) for s in SEQS])
     with torch.no_grad():
         for side in ("right", "left"):
-            batch = pad_batch(SEQS, pad_id=0, side=side)
+            batch = pad_collate(SEQS, pad_id=0, padding_side=side)
             got = model.classify_logits(batch["input_ids"], batch["attention_mask"])
             torch.testing.assert_close(got, alone, rtol=1e-5, atol=1e-5)
 
@@ -42,8 +42,8 @@ def test_head_reads_last_real_token_whatever_the_padding() -> None:
 def test_padding_content_does_not_matter() -> None:
     model = _classifier()
     with torch.no_grad():
-        a = model.classify_logits(**_named(pad_batch(SEQS, pad_id=0)))
-        b = model.classify_logits(**_named(pad_batch(SEQS, pad_id=39)))
+        a = model.classify_logits(**_named(pad_collate(SEQS, pad_id=0)))
+        b = model.classify_logits(**_named(pad_collate(SEQS, pad_id=39)))
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from gptforge.finetune.data import IGNORE_INDEX
 from gptforge.finetune.instruct import InstructTask, encode_conversation
+from gptforge.model.gpt import IGNORE_INDEX
 from gptforge.templates import Template
 from gptforge.tokenizer.char import CharTokenizer
 

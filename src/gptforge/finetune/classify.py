@@ -31,8 +31,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from gptforge.data.collate import pad_collate
 from gptforge.errors import ConfigError, ModelError
-from gptforge.finetune.data import pad_batch
 from gptforge.finetune.loop import LoopConfig, finetune
 from gptforge.finetune.lora import apply_lora, count_trainable, merge_lora
 from gptforge.model.config import GPTConfig
@@ -118,9 +118,7 @@ class ClassifyTask:
     pad_id: int
 
     def collate(self, examples: list[tuple[list[int], int]]) -> dict[str, torch.Tensor]:
-        batch = pad_batch([ids for ids, _ in examples], self.pad_id)
-        batch["label"] = torch.tensor([y for _, y in examples], dtype=torch.long)
-        return batch
+        return pad_collate([{"input_ids": ids, "label": y} for ids, y in examples], self.pad_id)
 
     def length(self, example: tuple[list[int], int]) -> int:
         return len(example[0])
@@ -150,7 +148,7 @@ def predict(model: GPTClassifier, ids: list[list[int]], pad_id: int, batch_size:
     device = model.device
     probs = []
     for i in range(0, len(ids), batch_size):
-        batch = pad_batch(ids[i : i + batch_size], pad_id)
+        batch = pad_collate(ids[i : i + batch_size], pad_id)
         logits = model.classify_logits(batch["input_ids"].to(device), batch["attention_mask"].to(device))
         probs.append(torch.softmax(logits.float(), dim=-1).cpu())
     return torch.cat(probs) if probs else torch.empty(0, len(model.labels))

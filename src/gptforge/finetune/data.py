@@ -1,4 +1,6 @@
-"""Fine-tuning data: read labelled tables and instruction files, split, balance, pad.
+"""Fine-tuning data: read labelled tables and instruction files, split, balance.
+
+Batching (padding, attention mask, ignore-index labels) is :func:`gptforge.data.collate.pad_collate`.
 
 Readers return plain Python records and raise :class:`~gptforge.errors.DataError`
 naming the file and the record (1-based line or item number) for bad input.
@@ -19,13 +21,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from gptforge.errors import DataError
 
 logger = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100  # same as gptforge.model.gpt.IGNORE_INDEX
 
 
 # -- labelled tables (classification) -------------------------------------------------
@@ -181,29 +180,4 @@ def read_instructions(path: str | Path) -> list[list[dict[str, Any]]]:
             if rec.get("input"):
                 user["input"] = str(rec["input"])
             out.append([user, {"role": "assistant", "content": rec["output"]}])
-    return out
-
-
-# -- batching -------------------------------------------------------------------------
-def pad_batch(
-    seqs: list[list[int]], pad_id: int, labels: list[list[int]] | None = None, side: str = "right"
-) -> dict[str, torch.Tensor]:
-    """Pad token lists to the longest in the batch.
-
-    Returns ``input_ids`` (B, T), ``attention_mask`` (B, T) with 1 on real tokens,
-    and ``labels`` (B, T) padded with ``IGNORE_INDEX`` when ``labels`` are given.
-    """
-    T = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), T), dtype=torch.long)
-    lab = torch.full((len(seqs), T), IGNORE_INDEX, dtype=torch.long) if labels is not None else None
-    for i, s in enumerate(seqs):
-        sl = slice(T - len(s), T) if side == "left" else slice(0, len(s))
-        ids[i, sl] = torch.tensor(s, dtype=torch.long)
-        mask[i, sl] = 1
-        if lab is not None:
-            lab[i, sl] = torch.tensor(labels[i], dtype=torch.long)
-    out = {"input_ids": ids, "attention_mask": mask}
-    if lab is not None:
-        out["labels"] = lab
     return out

@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
+from gptforge.data.collate import IGNORE_INDEX, pad_collate
 from gptforge.errors import ConfigError, DataError, ModelError
-from gptforge.finetune.data import IGNORE_INDEX, pad_batch
 from gptforge.finetune.loop import LoopConfig, evaluate, finetune
 from gptforge.templates import Template, make_template
 
@@ -104,7 +104,7 @@ class InstructTask:
     pad_id: int
 
     def collate(self, examples: list[Example]) -> dict[str, torch.Tensor]:
-        return pad_batch([e.inputs for e in examples], self.pad_id, labels=[e.targets for e in examples])
+        return pad_collate([{"input_ids": e.inputs, "labels": e.targets} for e in examples], self.pad_id)
 
     def length(self, example: Example) -> int:
         return len(example.inputs)
@@ -136,7 +136,7 @@ def generate_responses(
         keep = max(1, block - max_new_tokens)
         ids = [tokenizer.encode(p)[-keep:] for p in prompts]  # keep the end: it holds "### Response:"
         pad_id = tokenizer.eot_id if tokenizer.eot_id is not None else 0
-        batch = pad_batch(ids, pad_id, side="left")
+        batch = pad_collate(ids, pad_id, padding_side="left")
         stop = [tokenizer.eot_id] if tokenizer.eot_id is not None else None
         out = generate(
             model, batch["input_ids"].to(model.device), max_new_tokens, temperature=0.0,
