@@ -12,7 +12,9 @@ only touches the places where the merged pair occurs:
    ``nxt``, ``prv`` arrays; ``-1`` ends a chunk, so pairs never span chunks),
    each position weighted by its chunk's count.
 3. **Counts and an index:** ``counts[pair]`` = weighted occurrences, and
-   ``where[pair]`` = the positions where the pair starts.
+   ``where[pair]`` = the positions where the pair starts. Positions are only
+   ever appended: one whose pair has since changed is stale and is skipped
+   when visited (cheaper than deleting it from the list at every change).
 4. **A max-heap with lazy deletion** picks the next pair: every time a count
    changes, ``(-count, pair)`` is pushed; a popped entry whose count is no
    longer current is stale and skipped.
@@ -82,16 +84,16 @@ def train_bpe(
         weight.extend([count] * n)
 
     counts: dict[Pair, int] = {}
-    where: dict[Pair, set[int]] = {}
+    where: dict[Pair, list[int]] = {}
     for i, j in enumerate(nxt):
         if j >= 0:
             pair = (tok[i], tok[j])
             counts[pair] = counts.get(pair, 0) + weight[i]
             s = where.get(pair)
             if s is None:
-                where[pair] = {i}
+                where[pair] = [i]
             else:
-                s.add(i)
+                s.append(i)
     heap = [(-c, p) for p, c in counts.items()]
     heapq.heapify(heap)
 
@@ -125,26 +127,22 @@ def train_bpe(
             if p >= 0:
                 old = (tok[p], a)
                 delta[old] = delta.get(old, 0) - w
-                if (s := where.get(old)) is not None:
-                    s.discard(p)
                 made = (tok[p], new)
                 delta[made] = delta.get(made, 0) + w
                 if (s := where.get(made)) is None:
-                    where[made] = {p}
+                    where[made] = [p]
                 else:
-                    s.add(p)
+                    s.append(p)
             k = nxt[j]
             if k >= 0:
                 old = (b, tok[k])
                 delta[old] = delta.get(old, 0) - w
-                if (s := where.get(old)) is not None:
-                    s.discard(j)
                 made = (new, tok[k])
                 delta[made] = delta.get(made, 0) + w
                 if (s := where.get(made)) is None:
-                    where[made] = {i}
+                    where[made] = [i]
                 else:
-                    s.add(i)
+                    s.append(i)
                 prv[k] = i
             tok[i] = new
             tok[j] = -1
