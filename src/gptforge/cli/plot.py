@@ -1,15 +1,24 @@
-"""Placeholder: this command is being built (see the issues)."""
+"""Plot a run's losses: RUN/loss.png with train and val loss against steps (and tokens).
+
+  gptforge plot runs/shk-cpu
+  gptforge plot runs/shk-cpu --out loss.png
+
+Needs matplotlib: pip install 'gptforge[plot]'.
+"""
 
 from __future__ import annotations
 
 import argparse
 
-from gptforge.errors import GptforgeError
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.add_argument("run", metavar="RUN", help="a run dir made by `gptforge train`")
+    parser.add_argument("--out", metavar="FILE.png", help="where to write the image (default RUN/loss.png)")
 
 
 def run(args: argparse.Namespace) -> int:
-    raise GptforgeError("this command is not implemented yet")
+    from gptforge.train.plot import plot_losses
+
+    path = plot_losses(args.run, args.out)
+    print(f"wrote {path}")
+    return 0

@@ -1,0 +1,156 @@
+"""``gptforge demo``: the whole pipeline on tinyshakespeare in a few minutes on a CPU.
+
+    tinyshakespeare.txt --prepare (char tokenizer)--> OUT/data/
+                        --train (4 layers, 128 wide, context 64)--> OUT/run/  (checkpoints, final/)
+                        --plot--> OUT/run/loss.png
+                        --generate--> OUT/sample.txt
+
+The model is nanoGPT's CPU recipe for Shakespeare (val loss ~1.88 after 2000
+steps). How many steps fit the time budget depends on the machine, so the demo
+first times a few training steps (in fp32 and in bf16 autocast, and keeps the
+faster) and sets the run length from that; the schedule then decays over the
+whole run, which gives a better model than stopping a longer schedule early.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gptforge.config import apply
+from gptforge.train.config import RunConfig, preset_config
+
+logger = logging.getLogger(__name__)
+
+PRESET = "shakespeare-char-cpu"
+MIN_STEPS, MAX_STEPS = 300, 20000
+
+
+@dataclass
+class DemoResult:
+    out: Path
+    data_dir: Path
+    run_dir: Path
+    final_dir: Path | None
+    plot: Path | None
+    plot_skipped: str | None
+    sample_file: Path
+    sample: str
+    steps: int
+    val_loss: float | None
+    train_time_s: float
+    total_time_s: float
+    precision: str
+
+
+def measure_steps_per_s(cfg: RunConfig, vocab_size: int, precision: str, steps: int = 8) -> float:
+    """Training steps per second of this model on this CPU (random batches, after a warm-up)."""
+    from gptforge.model.gpt import GPT
+    from gptforge.train.device import autocast_context
+
+    torch.manual_seed(0)
+    model = GPT(apply(cfg.model, {"vocab_size": vocab_size}))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    B, T = cfg.train.batch_size, cfg.model.block_size
+    x = torch.randint(0, vocab_size, (B, T))
+    autocast = autocast_context(torch.device("cpu"), precision)
+    t0 = 0.0
+    for i in range(steps + 3):
+        if i == 3:
+            t0 = time.perf_counter()
+        with autocast():
+            _, loss = model(x, x)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return steps / (time.perf_counter() - t0)
+
+
+def demo_config(data_dir: Path, time_budget_s: float, max_steps: int | None, precision: str | None,
+                vocab_size: int) -> RunConfig:
+    """nanoGPT's CPU recipe, with the run length fitted to the time budget."""
+    cfg = preset_config(PRESET)
+    cfg = apply(cfg, {"data.dir": str(data_dir), "train.device": "cpu", "train.eval_interval": 250,
+                      "train.ckpt_interval": 1000, "train.keep_last": 1, "log.interval": 10})
+    if precision is None:  # keep bf16 only if it is clearly faster here
+        fp32 = measure_steps_per_s(cfg, vocab_size, "fp32")
+        bf16 = measure_steps_per_s(cfg, vocab_size, "bf16")
+        precision = "bf16" if bf16 > 1.15 * fp32 else "fp32"
+        rate = max(fp32, bf16) if precision == "bf16" else fp32
+        logger.info("timing: %.1f steps/s in fp32, %.1f in bf16 -> %s", fp32, bf16, precision)
+    else:
+        rate = measure_steps_per_s(cfg, vocab_size, precision)
+    if max_steps is None:
+        # ~8% of the time goes to evaluation and checkpoints
+        max_steps = int(min(MAX_STEPS, max(MIN_STEPS, 0.92 * time_budget_s * rate)))
+    return apply(cfg, {
+        "train.precision": precision, "train.max_steps": max_steps, "train.lr_decay_steps": max_steps,
+        # a hard stop in case the machine gets slower (other work starting)
+        "train.time_budget_s": time_budget_s * 1.3,
+    })
+
+
+def prepare_shakespeare(data_dir: Path) -> Path:
+    """Tokenize tinyshakespeare at the character level (90% train, 10% val, as nanoGPT)."""
+    from gptforge.data.prepare import PrepareOptions, prepare
+
+    prepare(["tinyshakespeare"], "char", data_dir, PrepareOptions(val_fraction=0.1, overwrite=True))
+    return data_dir
+
+
+def run_demo(
+    out: str | Path = "gptforge-demo",
+    max_steps: int | None = None,
+    time_budget_s: float = 180.0,
+    precision: str | None = None,
+    sample_tokens: int = 500,
+    seed: int = 1337,
+    progress: bool = True,
+) -> DemoResult:
+    """Prepare, train, plot and sample; returns where everything went."""
+    from gptforge.data.shards import open_dataset
+    from gptforge.model.loading import load_model
+    from gptforge.train.loop import train
+    from gptforge.train.plot import plot_losses
+
+    t_start = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    data_dir = prepare_shakespeare(out / "data")
+    dataset = open_dataset(data_dir)
+    cfg = demo_config(data_dir, time_budget_s, max_steps, precision, dataset.vocab_size)
+    cfg = apply(cfg, {"train.seed": seed, "log.progress": progress})
+    logger.info("training %s for %d steps (%s, up to %.0fs)", PRESET, cfg.train.max_steps, cfg.train.precision,
+                cfg.train.time_budget_s)
+    result = train(cfg, out / "run", overwrite=True)
+
+    plot, skipped = None, None
+    try:
+        plot = plot_losses(result.run_dir)
+    except Exception as e:  # a missing matplotlib must not spoil the demo
+        skipped = str(e)
+
+    model = load_model(result.final_dir or result.run_dir)
+    sample = _sample(model, sample_tokens, seed)
+    sample_file = out / "sample.txt"
+    sample_file.write_text(sample, encoding="utf-8")
+    return DemoResult(
+        out=out, data_dir=data_dir, run_dir=result.run_dir, final_dir=result.final_dir, plot=plot,
+        plot_skipped=skipped, sample_file=sample_file, sample=sample, steps=result.step,
+        val_loss=result.last_eval.get("val") if result.last_eval else None,
+        train_time_s=result.train_time_s, total_time_s=time.perf_counter() - t_start,
+        precision=cfg.train.precision,
+    )
+
+
+def _sample(model: Any, n: int, seed: int) -> str:
+    """Generate ``n`` characters from a newline, as nanoGPT's sample.py does."""
+    tok = model.tokenizer
+    start = torch.tensor([tok.encode("\n")], dtype=torch.long)
+    ids = model.generate(start, max_new_tokens=n, temperature=0.8, top_k=None, seed=seed)
+    return tok.decode(ids[0, 1:].tolist())

@@ -1,0 +1,58 @@
+"""``loss.png``: train and val loss of a run against steps, with tokens on a second axis.
+
+matplotlib is optional (``pip install 'gptforge[plot]'``) and imported only here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gptforge.errors import CheckpointError, GptforgeError
+from gptforge.train.metrics import METRICS_FILE, read_metrics
+
+
+def plot_losses(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Draw ``RUN/loss.png`` (or ``out``) from ``RUN/metrics.jsonl``; returns the image path.
+
+    Raises:
+        GptforgeError: matplotlib is missing, or the run has no metrics yet.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / METRICS_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{run_dir} has no {METRICS_FILE}; is it a run dir made by `gptforge train`?")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # files only, no display needed
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise GptforgeError("plotting needs matplotlib; install it with: pip install 'gptforge[plot]'") from None
+    records = read_metrics(path)
+    train = [(r["step"], r["loss"]) for r in records if r.get("loss") is not None]
+    evals = [r for r in records if "val_loss" in r or "train_loss" in r]
+    if not train and not evals:
+        raise CheckpointError(f"{path} holds no loss values yet; train for a few steps first")
+    out = Path(out) if out is not None else run_dir / "loss.png"
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
+    if train:
+        ax.plot(*zip(*train), label="train loss (per step)", color="tab:blue", alpha=0.35, linewidth=1)
+    for key, label, color in (("train_loss", "train loss (eval)", "tab:blue"), ("val_loss", "val loss", "tab:orange")):
+        pts = [(r["step"], r[key]) for r in evals if r.get(key) is not None]
+        if pts:
+            ax.plot(*zip(*pts), marker="o", markersize=3, label=label, color=color)
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy loss (nats/token)")
+    ax.set_title(f"{run_dir.name}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    with_tokens = [r for r in records if r.get("step") and r.get("tokens")]
+    if with_tokens:
+        per_step = with_tokens[-1]["tokens"] / with_tokens[-1]["step"]
+        top = ax.secondary_xaxis("top", functions=(lambda s: s * per_step, lambda t: t / per_step))
+        top.set_xlabel("tokens")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
