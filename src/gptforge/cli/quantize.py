@@ -46,7 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from gptforge.errors import ConfigError, GptforgeError
+    from gptforge.quantize.spec import check_method
 
+    check_method(args.method, args.group_size)
     if args.eval_windows < 1:
         raise ConfigError(f"--eval-windows must be at least 1, got {args.eval_windows}")
     out = Path(args.out)
@@ -59,9 +61,8 @@ def run(args: argparse.Namespace) -> int:
 
     from gptforge.io import atomic_dir
     from gptforge.model.loading import load_model
-    from gptforge.quantize.convert import check_method, is_quantized, quantize, save_quantized
+    from gptforge.quantize.convert import is_quantized, quantize, save_quantized
 
-    check_method(args.method, args.group_size)
     dataset = None
     if args.data:
         from gptforge.data.shards import open_dataset

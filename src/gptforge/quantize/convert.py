@@ -19,7 +19,6 @@ in ``LOAD_HOOKS``) and gets the quantized model back.
 
 from __future__ import annotations
 
-import difflib
 import logging
 from pathlib import Path
 from typing import Any
@@ -38,8 +37,8 @@ from gptforge.model.loading import (
     strip_wrapper_prefixes,
     unwrap_model,
 )
-from gptforge.quantize.int4 import GROUP_SIZES
-from gptforge.quantize.modules import BITS, METHODS, QuantEmbedding, QuantLinear
+from gptforge.quantize.modules import QuantEmbedding, QuantLinear
+from gptforge.quantize.spec import BITS, GROUP_SIZES, check_method
 
 logger = logging.getLogger(__name__)
 
@@ -51,18 +50,6 @@ def is_quantized(model: nn.Module) -> bool:
     return getattr(model, "quantization", None) is not None or any(
         isinstance(m, (QuantLinear, QuantEmbedding)) for m in model.modules()
     )
-
-
-def check_method(method: str, group_size: int) -> None:
-    """Raise ConfigError for an unknown method or group size."""
-    if method not in METHODS:
-        close = difflib.get_close_matches(method, METHODS, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"unknown quantization method {method!r}: expected one of {', '.join(METHODS)}{hint}")
-    if method == "int4" and group_size not in GROUP_SIZES:
-        raise ConfigError(
-            f"group size {group_size} is not supported: expected one of {', '.join(map(str, GROUP_SIZES))}"
-        )
 
 
 def _targets(

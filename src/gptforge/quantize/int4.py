@@ -35,7 +35,6 @@ import torch.nn.functional as F
 
 logger = logging.getLogger(__name__)
 
-GROUP_SIZES = (32, 64, 128)
 
 
 def pack_int4(q: torch.Tensor) -> torch.Tensor:

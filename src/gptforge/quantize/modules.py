@@ -24,11 +24,10 @@ import torch
 import torch.nn as nn
 
 from gptforge.quantize import int4, int8
+from gptforge.quantize.spec import BITS, METHODS  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("int8", "int8-dynamic", "int4")
-BITS = {"int8": 8, "int8-dynamic": 8, "int4": 4}
 BACKENDS = ("auto", "reference")
 
 
