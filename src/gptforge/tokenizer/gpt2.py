@@ -247,9 +247,10 @@ class GPT2Tokenizer(Tokenizer):
     def encode(self, text: str, allowed_special: str | Iterable[str] = "none") -> list[int]:
         allowed = resolve_allowed_special(allowed_special, self.special_tokens)
         if self.fast:
-            return self._tiktoken_encoding().encode(
-                text, allowed_special=allowed, disallowed_special=()
-            )
+            enc = self._tiktoken_encoding()
+            if not allowed:  # skips tiktoken's scan for special tokens
+                return enc.encode_ordinary(text)
+            return enc.encode(text, allowed_special=allowed, disallowed_special=())
         out: list[int] = []
         for piece, is_special in split_on_specials(text, allowed):
             out.extend([self.special_tokens[piece]] if is_special else self._encode_pure(piece))
