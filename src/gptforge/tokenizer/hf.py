@@ -43,7 +43,13 @@ class HFTokenizer(Tokenizer):
             raise TokenizerError(f"cannot read the embedded Hugging Face tokenizer: {e}") from None
         self._json = hf_json
         # our own special-token handling (see module docstring)
-        self._tok.encode_special_tokens = True
+        try:
+            self._tok.encode_special_tokens = True
+        except AttributeError:
+            raise TokenizerError(
+                "hf-bpe needs a Hugging Face `tokenizers` with `encode_special_tokens`; "
+                "run `pip install -U tokenizers`"
+            ) from None
         self.special_tokens = {
             t.content: i
             for i, t in sorted(self._tok.get_added_tokens_decoder().items())
