@@ -75,3 +75,24 @@ def test_collate_pads_labels_with_ignore_index() -> None:
     assert batch["labels"][0].tolist() == a.targets + [M] * (T - len(a.targets))
     assert batch["attention_mask"][0].tolist() == [1] * len(a.inputs) + [0] * (T - len(a.inputs))
     assert torch.equal(batch["labels"][1], torch.tensor(b.targets))
+
+
+def test_task_loss_equals_full_forward_loss() -> None:
+    """The task scores only target positions; GPT.forward with ignore_index is the reference."""
+    from gptforge import GPT, GPTConfig
+
+    tok = _tok()
+    tpl = Template(name="chat")
+    convs = [
+        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}],
+        [{"role": "user", "content": "bye there"}, {"role": "assistant", "content": "ciao ciao"}],
+    ]
+    examples = [encode_conversation(tok, tpl, c, 100)[0] for c in convs]
+    task = InstructTask(pad_id=tok.eot_id)
+    batch = task.collate(examples)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=1, n_head=2, n_embd=16)).eval()
+    loss, n = task.loss(model, batch)
+    _, ref = model(batch["input_ids"], batch["labels"])
+    torch.testing.assert_close(loss, ref)
+    assert n == sum(len(ex.targets) - ex.targets.count(M) for ex in examples)

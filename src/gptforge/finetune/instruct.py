@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from gptforge.data.collate import IGNORE_INDEX, pad_collate
 from gptforge.errors import ConfigError, DataError, ModelError
@@ -112,8 +113,13 @@ class InstructTask:
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
         # Right padding: real tokens never attend to the pads after them (causality), and pad
         # targets are IGNORE_INDEX, so no attention mask is needed (and the fused kernel stays on).
-        _, loss = model(batch["input_ids"], batch["labels"])
-        return loss, int((batch["labels"] != IGNORE_INDEX).sum())
+        h = model.hidden_states(batch["input_ids"])  # (B, T, C)
+        keep = batch["labels"] != IGNORE_INDEX  # (B, T)
+        # The LM head only where a target is scored: the (C x V) projection is most of the
+        # compute of a small model, and prompts and padding are most of the positions.
+        logits = model.lm_head(h[keep])  # (N, V)
+        loss = F.cross_entropy(logits.float(), batch["labels"][keep])
+        return loss, int(keep.sum())
 
 
 @torch.no_grad()
