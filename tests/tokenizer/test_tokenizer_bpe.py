@@ -174,5 +174,11 @@ def test_gpt4_pattern_splits_like_tiktoken_cl100k() -> None:
     src = inspect.getsource(cl100k_base)
     start = src.index('r"""') + 4
     ref = src[start : src.index('"""', start)]
-    for text in [STRESS_TEXT, STRESS_TEXT + "HELLO'S  world\n\n  x 12345 ...!!\r\n", "a \n ", "x\n   ", "a  "]:
+    for text in [
+        STRESS_TEXT,
+        STRESS_TEXT + "HELLO'S  world\n\n  x 12345 ...!!\r\n",
+        "a \n ",
+        "x\n   ",
+        "a  ",
+    ]:
         assert regex.findall(GPT4_PATTERN, text) == regex.findall(ref, text), repr(text)
