@@ -83,7 +83,7 @@ def demo_config(data_dir: Path, time_budget_s: float, max_steps: int | None, pre
         precision = "bf16" if bf16 > 1.15 * fp32 else "fp32"
         rate = max(fp32, bf16) if precision == "bf16" else fp32
         logger.info("timing: %.1f steps/s in fp32, %.1f in bf16 -> %s", fp32, bf16, precision)
-    else:
+    elif max_steps is None:
         rate = measure_steps_per_s(cfg, vocab_size, precision)
     if max_steps is None:
         # ~8% of the time goes to evaluation and checkpoints

@@ -1,0 +1,119 @@
+"""`gptforge train`, `plot` and `demo` through the command line: signals, bad input, artifacts."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from gptforge.train import checkpoint as ckpt
+
+TINY_FLAGS = [
+    "--model.n_layer", "2", "--model.n_head", "2", "--model.n_embd", "32", "--model.block_size", "16",
+    "--train.batch_size", "4", "--train.eval_iters", "2", "--log.interval", "1",
+]
+
+
+def _one_error_line(proc: subprocess.CompletedProcess, *needles: str) -> str:
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_saves_a_checkpoint_and_resume_continues(
+    char_data: Path, tmp_path: Path, sig: int, code: int, cli
+) -> None:
+    run = tmp_path / "run"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gptforge", "train", "--data", str(char_data), "--out", str(run), *TINY_FLAGS,
+         "--train.max_steps", "1000000", "--train.ckpt_interval", "0", "--train.eval_interval", "0",
+         "--log.progress", "false"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    metrics = run / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not metrics.is_file() or len(metrics.read_text().splitlines()) < 3):
+        time.sleep(0.2)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, (out, err)
+    assert "Traceback" not in err
+    assert f"--resume {run}" in out
+    name = (run / "latest").read_text().strip()
+    state = ckpt.verify_checkpoint(run / "checkpoints" / name)
+    assert state["step"] >= 3 and name == ckpt.checkpoint_name(state["step"])
+    assert not (run / "final").exists()
+
+    resumed = cli("train", "--resume", str(run), "--train.max_steps", str(state["step"] + 2), "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    summary = json.loads(resumed.stdout)
+    assert summary["step"] == state["step"] + 2 and summary["final"] == str(run / "final")
+
+
+def test_bad_input_gives_one_line(char_data: Path, tmp_path: Path, cli) -> None:
+    from conftest import write_char_dataset
+
+    run = tmp_path / "run"
+    ok = cli("train", "--data", str(char_data), "--out", str(run), *TINY_FLAGS, "--train.max_steps", "2",
+             "--log.progress", "false")
+    assert ok.returncode == 0, ok.stderr
+    before = sorted(p.name for p in run.rglob("*"))
+
+    _one_error_line(cli("train", "--data", str(char_data), "--out", str(run), *TINY_FLAGS), "already exists",
+                    "--overwrite")
+    assert sorted(p.name for p in run.rglob("*")) == before  # nothing touched
+    _one_error_line(cli("train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r2")),
+                    "dataset dir not found", "gptforge prepare")
+    _one_error_line(cli("train", "--data", str(char_data), "--out", str(tmp_path / "r3"), "--train.max_step", "5"),
+                    "did you mean 'train.max_steps'")
+    _one_error_line(cli("train", "--preset", "shakespeare-char-cpux", "--data", str(char_data), "--out",
+                        str(tmp_path / "r4")), "did you mean 'shakespeare-char-cpu'")
+    _one_error_line(cli("train", "--resume", str(tmp_path / "missing")), "does not exist")
+    other = write_char_dataset(tmp_path / "other", text="xyz abc\n" * 300)
+    _one_error_line(cli("train", "--resume", str(run), "--data.dir", str(other), "--train.max_steps", "4"),
+                    "made with tokenizer")
+    _one_error_line(cli("train", "--resume", str(run), "--model.n_layer", "3", "--train.max_steps", "4"),
+                    "model.n_layer: 2 -> 3")
+    _one_error_line(cli("train", "--data", str(char_data), "--out", str(tmp_path / "r5"), *TINY_FLAGS,
+                        "--model.block_size", "100000"), "block_size")
+    assert not (tmp_path / "r5").exists() or not any((tmp_path / "r5").iterdir())
+    _one_error_line(cli("plot", str(tmp_path / "nope")), "metrics.jsonl")
+
+
+def test_plot_writes_png_and_explains_missing_matplotlib(char_data: Path, tmp_path: Path, cli) -> None:
+    run = tmp_path / "run"
+    assert cli("train", "--data", str(char_data), "--out", str(run), *TINY_FLAGS, "--train.max_steps", "4",
+               "--train.eval_interval", "2", "--log.progress", "false").returncode == 0
+    proc = cli("plot", str(run))
+    assert proc.returncode == 0, proc.stderr
+    png = run / "loss.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    code = ("import sys; sys.modules['matplotlib'] = None; from gptforge.cli.main import main; "
+            f"sys.exit(main(['plot', {str(run)!r}]))")
+    no_mpl = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    _one_error_line(no_mpl, "pip install 'gptforge[plot]'")
+
+
+def test_demo_runs_end_to_end(tmp_path: Path, cli, data_dir: Path) -> None:
+    out = tmp_path / "demo"
+    proc = cli("demo", "--out", str(out), "--max-steps", "20", "--precision", "fp32", "--sample-tokens", "40",
+               "--json")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["steps"] == 20 and summary["val_loss"] < 4.2  # 65 chars: ln 65 = 4.17 at chance
+    for key in ("data", "run", "model", "plot", "sample_file"):
+        assert Path(summary[key]).exists(), key
+    assert len((out / "sample.txt").read_text()) > 0
+    assert (out / "data" / "meta.json").is_file() and (out / "run" / "final" / "model.safetensors").is_file()
