@@ -32,10 +32,34 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-# This file is named like the Hugging Face package it benchmarks: when run as a script its
-# folder comes first on sys.path and would shadow `import tokenizers`. Drop that entry.
+# This file is named like the Hugging Face package it benchmarks, and a script run from
+# bench/ has bench/ first on sys.path, so `import tokenizers` would find this file:
+# * run as a script, we drop bench/ from sys.path before anything imports `tokenizers`;
+# * imported as `tokenizers` by another bench script (e.g. through transformers), we load
+#   the real package and put it in our place in sys.modules (the import system returns
+#   whatever sys.modules holds once this file has run).
 _HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+
+
+def _without_here(paths: list[str]) -> list[str]:
+    return [p for p in paths if Path(p or ".").resolve() != _HERE]
+
+
+if __name__ == "tokenizers":
+    import importlib
+
+    _saved_path = sys.path[:]
+    _me = sys.modules.pop("tokenizers")
+    sys.path[:] = _without_here(sys.path)
+    try:
+        sys.modules["tokenizers"] = importlib.import_module("tokenizers")
+    except ImportError:
+        sys.modules["tokenizers"] = _me
+        raise
+    finally:
+        sys.path[:] = _saved_path
+else:
+    sys.path[:] = _without_here(sys.path)
 
 
 def best_time(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
