@@ -19,6 +19,7 @@ logger = logging.getLogger(__name__)
 _NOT_EXPORTABLE_KEYS = {
     "quantization": "a quantized model (export the model it was quantized from)",
     "classifier": "a classifier head (GPT2LMHeadModel has only the language-model head)",
+    "lora": "a model with unmerged LoRA adapters (fine-tune with --merge, or merge them first)",
 }
 
 
