@@ -114,28 +114,26 @@ def run_shape(shape: str, args: argparse.Namespace) -> list[dict]:
             models[impl] = fused
         elif impl == "hf":
             models[impl] = hf_twin(ours, args.hf_attn)
-    autocast = None
+    # +1 so that our model sees (B, seq) inputs like HF: ours shifts outside, HF inside.
+    idx = torch.randint(0, config.vocab_size, (batch, seq + 1), generator=torch.Generator().manual_seed(1)).to(device)
+    check = {}
+    ref = None
     for name, m in models.items():
         m.to(device).train()
         if args.dtype != "fp32" and device.type == "cpu":
             m.to(DTYPES[args.dtype])  # CPU: plain low-precision weights
+        with torch.no_grad():  # same weights -> same logits: the comparison is like for like
+            out = m(idx[:2, :16]).logits if name == "hf" else m(idx[:2, :16])  # before compiling,
+        ref = out if ref is None else ref  # so the compiled graphs see one shape only
+        check[name] = (out.float() - ref.float()).abs().max().item()
         models[name] = torch.compile(m) if args.compile else m
+    autocast = None
     if args.dtype != "fp32" and device.type == "cuda":
         autocast = DTYPES[args.dtype]  # GPU: fp32 master weights under autocast, as training does
-    # +1 so that our model sees (B, seq) inputs like HF: ours shifts outside, HF inside.
-    idx = torch.randint(0, config.vocab_size, (batch, seq + 1), generator=torch.Generator().manual_seed(1)).to(device)
     steps = {
         name: make_step(m, name == "hf", idx if name != "hf" else idx[:, :-1], autocast)
         for name, m in models.items()
     }
-    check = {}
-    with torch.no_grad():  # same weights -> same logits: the comparison is like for like
-        probe = idx[:2, :16]
-        ref = None
-        for name, m in models.items():
-            out = m(probe).logits if name == "hf" else m(probe)
-            ref = out if ref is None else ref
-            check[name] = (out.float() - ref.float()).abs().max().item()
     for step in steps.values():
         for _ in range(args.warmup):
             step()

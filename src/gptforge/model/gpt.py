@@ -252,7 +252,8 @@ class GPT(nn.Module):
             raise ModelError(f"position_ids must have shape (B, T) = {(B, T)}, got {tuple(position_ids.shape)}")
         # Bounds checks on the CPU only: on CUDA they would force a device sync every step,
         # and the trainer checks the dataset vocabulary against the model once instead.
-        if idx.device.type == "cpu":
+        # Skipped under torch.compile, where reading a tensor value would break the graph.
+        if idx.device.type == "cpu" and not torch.compiler.is_compiling():
             lo, hi = int(idx.min()), int(idx.max())
             if lo < 0 or hi >= self.config.vocab_size:
                 bad = lo if lo < 0 else hi
