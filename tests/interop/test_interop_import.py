@@ -118,3 +118,20 @@ def test_config_map_all_sizes(size: str, layers: int, heads: int, embd: int) -> 
     for field in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "head_dim", "hidden_dim",
                   "activation", "norm", "tie_weights", "bias"):
         assert getattr(ours, field) == getattr(preset, field), field
+
+
+def test_tokenizer_from_fast_tokenizer_json_only(make_hf_folder, tmp_path) -> None:
+    """A folder with only a fast ``tokenizer.json`` (no vocab.json/merges.txt) still gives GPT-2's ids."""
+    from gptforge import load_tokenizer
+    from gptforge.model.hf_gpt2 import tokenizer_from_hf_folder
+
+    folder, _ = make_hf_folder()
+    fast = transformers.GPT2TokenizerFast.from_pretrained(folder, local_files_only=True)
+    only = tmp_path / "fast_only"
+    fast.save_pretrained(only)
+    for name in ("vocab.json", "merges.txt"):
+        (only / name).unlink(missing_ok=True)
+    assert (only / "tokenizer.json").is_file()
+    tok = tokenizer_from_hf_folder(only, 50257)
+    text = "Hello world!  It's 2026: naïve café, 日本語 🎉\n\n  code()"
+    assert tok.encode(text) == load_tokenizer("gpt2").encode(text) == fast(text)["input_ids"]

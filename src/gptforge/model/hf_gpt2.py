@@ -180,7 +180,6 @@ def hf_config_from_gpt(config: GPTConfig, eot_id: int | None = None) -> dict[str
     problems = unsupported_for_hf(config)
     if problems:
         raise ModelError(f"this model cannot be exported as GPT-2: {'; '.join(problems)}")
-    eot = eot_id if eot_id is not None else config.vocab_size - 1
     return {
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
@@ -202,8 +201,8 @@ def hf_config_from_gpt(config: GPTConfig, eot_id: int | None = None) -> dict[str
         "reorder_and_upcast_attn": False,
         "tie_word_embeddings": config.tie_weights,
         "use_cache": True,
-        "bos_token_id": eot,
-        "eos_token_id": eot,
+        "bos_token_id": eot_id,  # None when the tokenizer has no end-of-text token
+        "eos_token_id": eot_id,
     }
 
 
