@@ -136,18 +136,32 @@ def test_cli_model_info_config_and_model_dir(cli, tmp_path) -> None:
     assert json.loads(result.stdout)["params"]["total"] == GPT(GPTConfig.from_preset("test-tiny")).num_params()
 
 
-@pytest.mark.parametrize(
-    "args, needle",
-    [
-        (["--preset", "gpt2", "--model.n_head", "5"], "model.n_embd (768) is not divisible by model.n_head (5)"),
-        (["--preset", "gpt2", "--model.n_layer", "0"], "model.n_layer must be a positive integer, got 0"),
-        (["--preset", "gpt2", "--model.n_layers", "4"], "did you mean 'model.n_layer'"),
-        (["--preset", "gtp2"], "unknown preset 'gtp2'"),
-        (["--preset", "gpt2", "--seq-len", "4096"], "--seq-len 4096"),
-        (["--preset", "gpt2", "--tokens-per-s", "1", "--peak", "tpu9"], "unknown device 'tpu9'"),
-        (["--model", "/nonexistent/model"], "does not exist"),
-        (["--config", "/nonexistent/run.yaml"], "not found"),
-    ],
-)
-def test_cli_model_info_bad_input(cli, args: list[str], needle: str) -> None:
+BAD_INFO_ARGS = [
+    (["--preset", "gpt2", "--model.n_head", "5"], "model.n_embd (768) is not divisible by model.n_head (5)"),
+    (["--preset", "gpt2", "--model.n_layer", "0"], "model.n_layer must be a positive integer, got 0"),
+    (["--preset", "gpt2", "--model.n_layers", "4"], "did you mean 'model.n_layer'"),
+    (["--preset", "gpt2", "--train.lr", "4"], "unknown config key 'train'"),
+    (["--preset", "gtp2"], "unknown preset 'gtp2'"),
+    (["--preset", "gpt2", "--seq-len", "4096"], "--seq-len 4096"),
+    (["--preset", "gpt2", "--tokens-per-s", "1", "--peak", "tpu9"], "unknown device 'tpu9'"),
+    (["--model", "/nonexistent/model"], "does not exist"),
+    (["--config", "/nonexistent/run.yaml"], "not found"),
+]
+
+
+@pytest.mark.parametrize("args, needle", BAD_INFO_ARGS[:3])
+def test_cli_model_info_bad_input_subprocess(cli, args: list[str], needle: str) -> None:
     assert needle in _one_line_error(cli("model", "info", *args))
+
+
+@pytest.mark.parametrize("args, needle", BAD_INFO_ARGS)
+def test_cli_model_info_bad_input(capsys, args: list[str], needle: str) -> None:
+    """The same entry point in-process (fast): exit code 2, one line, no traceback."""
+    import subprocess
+
+    from gptforge.cli.main import main
+
+    code = main(["model", "info", *args])
+    captured = capsys.readouterr()
+    result = subprocess.CompletedProcess(args, code, captured.out, captured.err)
+    assert needle in _one_line_error(result)
