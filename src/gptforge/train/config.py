@@ -66,6 +66,9 @@ class TrainConfig:
         "stop", "on a NaN/inf loss: stop (keeping the last good checkpoint) or skip that step"
     )
     fused: bool | None = cfg_field(None, "fused AdamW; None = where the device supports it")
+    distributed: Literal["auto", "ddp", "fsdp", "none"] = cfg_field(
+        "auto", "under torchrun: ddp (one model copy per process), fsdp (sharded); auto = ddp with >1 process"
+    )
 
     def __post_init__(self) -> None:
         problems = []
@@ -106,10 +109,17 @@ class LogConfig:
 
     interval: int = cfg_field(10, "write a metrics line (and refresh the progress line) every N steps")
     progress: bool = cfg_field(True, "show the live progress line on stderr")
+    tensorboard: bool = cfg_field(False, "also log to TensorBoard in RUN/tensorboard (pip install 'gptforge[tb]')")
+    wandb: bool = cfg_field(False, "also log to Weights & Biases (pip install 'gptforge[wandb]'; WANDB_MODE=offline works)")
+    wandb_project: str = cfg_field("gptforge", "the W&B project name")
+    diagnostics_interval: int = cfg_field(0, "record activation/gradient diagnostics every N steps; 0 = off")
+    diagnostics_steps: list[int] = cfg_field([], "also record diagnostics at these steps (comma list: 1,50,500)")
 
     def __post_init__(self) -> None:
         if not isinstance(self.interval, int) or self.interval <= 0:
             raise ConfigError(f"log.interval must be a positive integer, got {self.interval!r}")
+        if not isinstance(self.diagnostics_interval, int) or self.diagnostics_interval < 0:
+            raise ConfigError(f"log.diagnostics_interval must be an integer >= 0, got {self.diagnostics_interval!r}")
 
 
 @dataclass

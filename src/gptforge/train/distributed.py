@@ -1,14 +1,39 @@
 """Process-group helpers: who am I, how many of us, and am I the one that writes files.
 
-Outside ``torchrun`` these return rank 0 of 1, so the single-process path needs
-no special cases. ``torchrun`` sets ``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE``;
-initialising the process group and wrapping the model (DDP/FSDP) is PyTorch's
-work and happens in the loop's set-up.
+Outside ``torchrun`` these return rank 0 of 1 and every collective is a no-op,
+so the single-process path needs no special cases. ``torchrun`` sets ``RANK``,
+``LOCAL_RANK`` and ``WORLD_SIZE``; the loop then calls :func:`init` (nccl on
+CUDA, gloo on the CPU), wraps the model with :func:`wrap_model` (PyTorch's DDP
+or FSDP: the distributed engine is PyTorch's, not ours) and runs each
+micro-batch's backward inside :func:`micro_step_context`.
+
+The global batch, with W processes (``torchrun --nproc_per_node W``)::
+
+    sequences per optimizer step = train.batch_size x grad_accum x W
+
+``train.batch_size`` and ``train.grad_accum`` are per process, so adding
+processes grows the batch. ``train.tokens_per_batch`` fixes the global batch
+instead: ``grad_accum = tokens_per_batch / (batch_size x block_size x W)``
+(nanoGPT divides ``gradient_accumulation_steps`` by the world size the same
+way). Each rank reads its own rows of every global batch (``BatchLoader(...,
+rank, world_size)``), and DDP averages the gradients, so W processes with
+``batch_size B`` compute the same step as one process with ``batch_size W*B``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+from typing import Any
+
+import torch
+
+from gptforge.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+MODES = ("auto", "ddp", "fsdp", "none")
 
 
 def rank() -> int:
@@ -31,9 +56,216 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def _active() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
 def barrier() -> None:
     """Wait for every process (a no-op without an initialised process group)."""
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
+    if _active():
         dist.barrier()
+
+
+# ---------------------------------------------------------------- set-up and tear-down
+
+
+def resolve_mode(mode: str, processes: int | None = None) -> str:
+    """``train.distributed`` -> ``"ddp"``, ``"fsdp"`` or ``"none"`` for this launch.
+
+    ``auto`` is DDP under torchrun with more than one process, else none. Asking
+    for DDP/FSDP in a single process runs plain (with a warning); ``none`` with
+    several processes is refused, since the ranks would train apart.
+    """
+    processes = world_size() if processes is None else processes
+    if mode not in MODES:
+        raise ConfigError(f"train.distributed must be one of {', '.join(MODES)}, got {mode!r}")
+    if mode == "auto":
+        return "ddp" if processes > 1 else "none"
+    if processes == 1 and mode != "none":
+        logger.warning("train.distributed %s asked for but this is a single process; training without it", mode)
+        return "none"
+    if processes > 1 and mode == "none":
+        raise ConfigError(
+            f"train.distributed none with {processes} processes would train {processes} separate models; "
+            "use --train.distributed ddp (or fsdp), or launch without torchrun"
+        )
+    return mode
+
+
+def init(device: torch.device) -> bool:
+    """Join the process group torchrun set up (nccl on CUDA, gloo otherwise). Returns True if joined here.
+
+    Each rank uses its own device: the loop picks ``cuda:LOCAL_RANK``; it is made
+    the current CUDA device so that nccl collectives and ``gather_object`` use it.
+    """
+    import torch.distributed as dist
+
+    if world_size() <= 1 or _active():
+        return False
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        backend = "nccl"
+    else:
+        backend = "gloo"
+    dist.init_process_group(backend=backend)
+    logger.info("rank %d/%d joined the %s process group on %s", rank(), world_size(), backend, device)
+    return True
+
+
+def shutdown() -> None:
+    """Leave the process group (a no-op when none is active)."""
+    import torch.distributed as dist
+
+    if _active():
+        dist.destroy_process_group()
+
+
+def wrap_model(model: torch.nn.Module, mode: str, device: torch.device) -> torch.nn.Module:
+    """The module to run forward/backward through: ``model`` itself, DDP(model) or FSDP-sharded.
+
+    FSDP uses ``fully_shard`` (FSDP2): each transformer block is a unit, then the
+    root (embeddings, final norm, head). It shards ``model`` in place, so the
+    returned module is ``model``; checkpoints gather full state dicts
+    (:func:`full_model_state`) so their format is the same as without FSDP.
+    """
+    if mode == "none":
+        return model
+    if mode == "ddp":
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if mode == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        blocks = getattr(getattr(model, "transformer", model), "h", [])
+        for block in blocks:
+            fully_shard(block)
+        fully_shard(model)
+        return model
+    raise ConfigError(f"unknown distributed mode {mode!r}")
+
+
+def micro_step_context(model: torch.nn.Module, micro_step: int, grad_accum: int) -> contextlib.AbstractContextManager:
+    """Skip the gradient all-reduce on all but the last micro-batch of a step.
+
+    DDP: ``model.no_sync()``; FSDP2: ``set_requires_gradient_sync``. The
+    gradients then accumulate locally and are averaged once, on the last
+    backward (the same sum, one communication instead of ``grad_accum``).
+    """
+    last = micro_step == grad_accum - 1
+    if hasattr(model, "no_sync"):  # DDP
+        return contextlib.nullcontext() if last else model.no_sync()
+    if hasattr(model, "set_requires_gradient_sync"):  # FSDP2
+        model.set_requires_gradient_sync(last)
+    return contextlib.nullcontext()
+
+
+def is_fsdp(model: torch.nn.Module) -> bool:
+    """Whether ``model`` was sharded by ``fully_shard``."""
+    return hasattr(model, "set_requires_gradient_sync")
+
+
+# ---------------------------------------------------------------- collectives
+
+
+def mean_across_ranks(value: torch.Tensor) -> torch.Tensor:
+    """The mean of a scalar tensor over all ranks (the tensor itself without a process group).
+
+    SUM then divide: gloo has no AVG reduction. Summation order is the
+    backend's, so a mean over ranks can differ from a one-process mean in the
+    last bits.
+    """
+    import torch.distributed as dist
+
+    if not _active():
+        return value
+    out = value.detach().clone().float()
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out / dist.get_world_size()
+
+
+def mean_dict_across_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    """Average each float of ``values`` (same keys on every rank) over the ranks."""
+    if not _active() or not values:
+        return values
+    keys = sorted(values)
+    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
+    import torch.distributed as dist
+
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    t = t / dist.get_world_size()
+    return {k: float(v) for k, v in zip(keys, t.tolist())}
+
+
+def gather_to_main(obj: Any) -> list[Any] | None:
+    """Every rank's ``obj`` (JSON-able) as a list on rank 0, None on the others; ``[obj]`` alone."""
+    import torch.distributed as dist
+
+    if not _active():
+        return [obj]
+    out: list[Any] | None = [None] * dist.get_world_size() if is_main() else None
+    dist.gather_object(obj, out, dst=0)
+    return out
+
+
+def state_for_rank(state: dict[str, Any], this_rank: int, processes: int) -> dict[str, Any]:
+    """The ``{"data", "rng"}`` a rank resumes from: its own entry of ``state["ranks"]`` when the
+    checkpoint was saved by as many processes, else the top-level (rank 0's) state.
+
+    A resume with a different number of processes keeps the weights, optimizer
+    and step but cannot replay each rank's data stream; it is allowed with a warning.
+    """
+    ranks = state.get("ranks")
+    if isinstance(ranks, list) and len(ranks) == processes:
+        return ranks[this_rank]
+    saved = len(ranks) if isinstance(ranks, list) else 1
+    if saved != processes:
+        logger.warning(
+            "checkpoint was saved by %d process(es), resuming with %d: weights, optimizer and step are "
+            "restored, but the data order and RNG streams are not those of an uninterrupted run", saved, processes,
+        )
+    return {"data": state["data"], "rng": state["rng"]}
+
+
+# ---------------------------------------------------------------- FSDP full state dicts
+
+
+def full_model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """All ranks call this; rank 0 gets the full (unsharded, CPU) state dict, the others ``{}``."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+
+def sync_stop(stop: Any, over_budget: bool = False) -> bool:
+    """Make every rank agree to stop at the same step; returns the agreed ``over_budget``.
+
+    A signal or the time budget may be seen by one rank a step before another;
+    a rank that left the loop alone would leave the others waiting in a
+    collective. The largest signal number and any rank's ``over_budget`` win.
+    ``stop`` is the loop's stop flag (its ``signum`` is set on every rank).
+    """
+    import torch.distributed as dist
+
+    if not _active():
+        return over_budget
+    flags = torch.tensor([stop.signum or 0, int(over_budget)], dtype=torch.int64)
+    if dist.get_backend() == "nccl":
+        flags = flags.cuda()
+    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    signum, budget = (int(v) for v in flags.tolist())
+    if signum and stop.signum is None:
+        stop.signum = signum
+    return bool(budget)
+
+
+__all__ = [
+    "barrier", "full_model_state", "gather_to_main", "init", "is_fsdp", "is_main", "local_rank",
+    "mean_across_ranks", "mean_dict_across_ranks", "micro_step_context", "rank", "resolve_mode", "shutdown",
+    "state_for_rank", "sync_stop", "world_size", "wrap_model",
+]
