@@ -116,10 +116,12 @@ class CausalSelfAttention(nn.Module):
             y = explicit_attention(q, k, v, mask, self.attn_dropout)  # (B, nh, T, hs)
         else:
             p = self.dropout_p if self.training else 0.0
-            if mask is None and k.shape[2] == T:
+            if mask is None and T == 1:  # one new query (decoding) sees every cached key
+                y = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
+            elif mask is None and k.shape[2] == T:  # no cache: plain causal, flash kernels
                 y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
             else:
-                if mask is None:  # one or more new queries against a longer cache
+                if mask is None:  # several new queries against a longer cache
                     mask = build_attention_mask(T, k.shape[2], None, x.device)
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
         y = y.transpose(1, 2).contiguous().view(B, T, self.n_head * self.head_size)  # (B, T, nh*hs)
@@ -301,7 +303,7 @@ class GPT(nn.Module):
         mask = None
         if attention_mask is not None:
             mask = build_attention_mask(T, S, attention_mask, idx.device)  # (B, 1, T, S)
-        elif S != T:  # new queries after cached positions: causal offset by `start`
+        elif S != T and T > 1:  # new queries after cached positions: causal offset by `start`
             mask = build_attention_mask(T, S, None, idx.device)  # (1, 1, T, S)
         for i, block in enumerate(self.transformer.h):
             x = block(x, mask, kv_cache, i)  # (B, T, C)
