@@ -1,9 +1,7 @@
 """Model information: parameter counts, FLOPs per token, memory, and MFU for a throughput.
 
-    gptforge model info --preset gpt2
-    gptforge model info --preset toygpt-large --json
-    gptforge model info --config run.yaml --model.n_layer 8
-    gptforge model info --model runs/shakespeare --tokens-per-s 180000 --peak h100-sxm
+Examples: ``gptforge model info --preset gpt2``, ``gptforge model info --config run.yaml
+--model.n_layer 8 --json``, ``gptforge model info --model RUN --tokens-per-s 4e5 --peak h100-sxm``.
 """
 
 from __future__ import annotations
@@ -27,6 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         description="Print parameter counts, FLOPs per token (6N + 12 L nh hs T, PaLM appendix B), "
         "memory of the weights, and an MFU estimate when --tokens-per-s is given. "
         "Override any model field with --model.KEY VALUE.",
+        epilog=_fields_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     src = info.add_mutually_exclusive_group(required=True)
     src.add_argument("--preset", help="a named preset (e.g. gpt2, toygpt-small, shakespeare-char)")
@@ -38,6 +38,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     info.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "tf32", "fp32"], help="dtype of the peak figure")
     info.add_argument("--json", action="store_true", help="print one JSON object")
     info.set_defaults(_run=run_info, _accepts_overrides=True)
+
+
+def _fields_help() -> str:
+    from gptforge.config import describe
+
+    rows = describe(_Flags())
+    width = max(len(flag) for flag, _, _ in rows)
+    lines = [f"  {flag:<{width}}  {help_text} (default {default})" for flag, default, help_text in rows]
+    return "model fields (--model.KEY VALUE):\n" + "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:
