@@ -38,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
 
     from gptforge.errors import ConfigError
     from gptforge.train.config import build_run_config
+    from gptforge.train.distributed import is_main
     from gptforge.train.loop import train
     from gptforge.train.rundir import load_run_config
 
@@ -56,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
         cfg = build_run_config(args.preset, args.config, overrides)
         run_dir = args.out
     result = train(cfg, run_dir, resume=bool(args.resume), overwrite=args.overwrite)
+    if not is_main():  # under torchrun only rank 0 reports
+        return result.exit_code
     val = result.last_eval.get("val") if result.last_eval else None
     summary = {
         "run_dir": str(result.run_dir), "step": result.step, "tokens": result.tokens, "stopped": result.stopped,

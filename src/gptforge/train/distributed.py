@@ -112,6 +112,9 @@ def init(device: torch.device) -> bool:
     else:
         backend = "gloo"
     dist.init_process_group(backend=backend)
+    if not is_main():  # only rank 0 reports progress; the others still show warnings and errors
+        log = logging.getLogger("gptforge")
+        log.setLevel(max(log.getEffectiveLevel(), logging.WARNING))
     logger.info("rank %d/%d joined the %s process group on %s", rank(), world_size(), backend, device)
     return True
 

@@ -40,6 +40,7 @@ from gptforge.io import atomic_dir
 from gptforge.model.gpt import GPT
 from gptforge.train import checkpoint as ckpt
 from gptforge.train import distributed as dist
+from gptforge.train import sinks as _sinks  # noqa: F401  (registers the TensorBoard and W&B sinks)
 from gptforge.train.config import RunConfig, effective_grad_accum, model_changes
 from gptforge.train.device import make_grad_scaler, maybe_compile, plan_device
 from gptforge.train.evaluate import estimate_loss
@@ -133,6 +134,7 @@ def optimizer_step(
     grad_clip: float = 0.0,
     micro_step_context: Callable[[int], contextlib.AbstractContextManager] | None = None,
     after_backward: Callable[[], None] | None = None,
+    reduce_loss: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[float, float | None]:
     """One optimizer step over ``grad_accum`` micro-batches; returns (mean loss, grad norm or None).
 
@@ -150,7 +152,7 @@ def optimizer_step(
             loss = loss / grad_accum  # the mean over the accumulated batch
             loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
             (scaler.scale(loss) if scaler is not None else loss).backward()
-    loss_value = float(loss_sum.item())
+    loss_value = float((reduce_loss(loss_sum) if reduce_loss else loss_sum).item())  # DDP: mean over ranks
     if not math.isfinite(loss_value):
         optimizer.zero_grad(set_to_none=True)
         return loss_value, None
@@ -186,12 +188,15 @@ class Trainer:
     ) -> None:
         from gptforge.data.loader import BatchLoader
         from gptforge.data.shards import open_dataset
+        from gptforge.train.diagnostics import diagnostics_hooks
 
         self.run_dir = Path(run_dir)
         self.hooks = list(hooks)
         self.rank, self.world_size, self.is_main = dist.rank(), dist.world_size(), dist.is_main()
         self.plan = plan_device(cfg.train.device, cfg.train.precision, dist.local_rank())
         self.device = self.plan.device
+        self.distributed = dist.resolve_mode(cfg.train.distributed, self.world_size)
+        self.owns_process_group = dist.init(self.device)
         if cfg.data.dir is None:
             raise DataError("no dataset given; pass --data DIR (made by `gptforge prepare`) or set data.dir")
         self.dataset = open_dataset(cfg.data.dir)
@@ -200,6 +205,7 @@ class Trainer:
         self.grad_accum = effective_grad_accum(cfg.train, cfg.model.block_size, self.world_size)
         self.tokens_per_step = cfg.train.batch_size * cfg.model.block_size * self.grad_accum * self.world_size
         self.cfg = cfg
+        self.hooks.extend(diagnostics_hooks(cfg.log, self.run_dir, self.is_main))
 
         resume_from: tuple[Path, dict[str, Any]] | None = None
         if resume:
@@ -282,8 +288,9 @@ class Trainer:
         ckpt.load_optimizer_state(path, self.optimizer)
         if self.scaler is not None and state.get("grad_scaler"):
             self.scaler.load_state_dict(state["grad_scaler"])
-        self.loader.load_state_dict(state["data"])
-        ckpt.set_rng_state(state["rng"])
+        own = dist.state_for_rank(state, self.rank, self.world_size)  # each rank's data position and RNG
+        self.loader.load_state_dict(own["data"])
+        ckpt.set_rng_state(own["rng"])
         self.step, self.tokens = int(state["step"]), int(state["tokens"])
         self.best_val_loss = state.get("best_val_loss")
         self.last_ckpt, self.last_ckpt_step = path, self.step
@@ -312,11 +319,11 @@ class Trainer:
 
     def wrap_model(self, model: torch.nn.Module) -> torch.nn.Module:
         """Hook for DDP/FSDP wrapping (the model to run forward/backward through)."""
-        return model
+        return dist.wrap_model(model, self.distributed, self.device)
 
     def micro_step_context(self, micro_step: int) -> contextlib.AbstractContextManager:
         """Context for one micro-batch's backward (DDP: ``no_sync`` except on the last)."""
-        return contextlib.nullcontext()
+        return dist.micro_step_context(self.train_model, micro_step, self.grad_accum)
 
     # ------------------------------------------------------------------ one step
     def train_step(self) -> tuple[float, float | None]:
@@ -329,6 +336,7 @@ class Trainer:
         return optimizer_step(
             self.train_model, self.optimizer, self.loader.next_batch, self.grad_accum, self.autocast,
             self.scaler, self.cfg.train.grad_clip, self.micro_step_context, after_backward,
+            dist.mean_across_ranks,
         )
 
     # ------------------------------------------------------------------ evaluation and saving
@@ -337,6 +345,7 @@ class Trainer:
             return self._eval_loader(split).next_batch
 
         losses = estimate_loss(self.train_model, make, self.eval_splits, self.cfg.train.eval_iters, self.autocast)
+        losses = dist.mean_dict_across_ranks(losses, self.device)
         self.last_eval, self.last_eval_step = losses, self.step
         val = losses.get("val")
         if val is not None and math.isfinite(val) and (self.best_val_loss is None or val < self.best_val_loss):
@@ -344,6 +353,14 @@ class Trainer:
         return losses
 
     def save_checkpoint(self) -> Path | None:
+        # Every rank's data position and RNG go into the checkpoint; rank 0 writes, the others wait.
+        ranks = dist.gather_to_main({"data": self.loader.state_dict(), "rng": ckpt.get_rng_state()})
+        path = self._write_checkpoint(ranks)
+        self.last_ckpt_step = self.step  # on every rank, so all agree on the final save
+        dist.barrier()
+        return path
+
+    def _write_checkpoint(self, ranks: list[dict[str, Any]] | None) -> Path | None:
         if not self.is_main:
             return None
         at_eval = self.last_eval_step == self.step and self.last_eval is not None
@@ -355,6 +372,7 @@ class Trainer:
             "val_loss": self.last_eval.get("val") if at_eval else None,
             "tokenizer_fingerprint": self.dataset.tokenizer_fingerprint,
             "grad_scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            **({"ranks": ranks} if self.world_size > 1 else {}),
         }
         path = ckpt.save_checkpoint(
             self.run_dir, self.step, self.model, self.optimizer, self.tokenizer, state,
@@ -438,6 +456,7 @@ class Trainer:
                     for hook in self.hooks:
                         hook.on_step_end(self, record)
                     over_budget = t.time_budget_s is not None and time.perf_counter() - start >= t.time_budget_s
+                    over_budget = dist.sync_stop(stop, over_budget)  # all ranks stop at the same step
                     if over_budget and self.step < t.max_steps:
                         stopped = "time_budget"
                         progress.write(f"time budget of {t.time_budget_s:g}s reached at step {self.step}")
@@ -451,6 +470,7 @@ class Trainer:
                     if t.ckpt_interval and self.step % t.ckpt_interval == 0 and self.step < t.max_steps:
                         self.save_checkpoint()
                     throughput.resume(paused)
+                    dist.sync_stop(stop)
                     if stop.signum is not None:  # arrived during eval/save
                         stopped = signal.Signals(stop.signum).name
                         break
@@ -514,7 +534,14 @@ def train(
         GptforgeError subclasses for user-fixable problems: an existing run dir,
         a missing or incompatible dataset, a corrupt run, a non-finite loss, OOM.
     """
-    return Trainer(cfg, run_dir, resume=resume, overwrite=overwrite, hooks=hooks).run()
+    trainer = Trainer(cfg, run_dir, resume=resume, overwrite=overwrite, hooks=hooks)
+    try:
+        result = trainer.run()
+        dist.barrier()  # the other ranks wait while rank 0 writes final/
+        return result
+    finally:
+        if trainer.owns_process_group:
+            dist.shutdown()
 
 
 __all__ = ["TrainHooks", "TrainResult", "Trainer", "TrainingError", "optimizer_step", "train"]

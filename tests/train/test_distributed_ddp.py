@@ -1,0 +1,112 @@
+"""DDP through torchrun on the CPU (gloo, 2 processes) against one process with the same global batch.
+
+Reference: one process with ``batch_size 2B`` reads, in sequential mode, the
+same rows of every global batch that two ranks with ``batch_size B`` read
+between them (rank r takes rows r*B..(r+1)*B-1), and DDP averages the two
+ranks' gradients, which equals the gradient of the mean over the 2B rows. So
+the per-step losses and the final weights must agree. Not bitwise: DDP sums the
+ranks' gradients in its all-reduce (and the logged loss is a mean over ranks),
+a different floating-point summation order than one process summing over 2B
+rows, which moves the last bits (fp32 eps ~1e-7 relative); the tolerance below
+is a few hundred eps, far below what a wrong batch, a missed gradient sync or a
+double-counted micro-batch would give (those change the loss in the 2nd-3rd digit).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from gptforge.io import load_safetensors, read_json
+from gptforge.train.config import build_run_config
+from gptforge.train.loop import train
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed missing")
+
+SHAPE = {
+    "model.n_layer": "2", "model.n_head": "2", "model.n_embd": "32", "model.block_size": "16",
+    "model.dropout": "0", "data.mode": "sequential", "train.warmup_steps": "2", "train.lr_decay_steps": "6",
+    "train.eval_iters": "2", "train.eval_interval": "3", "train.ckpt_interval": "3", "train.keep_last": "5",
+    "log.interval": "1", "log.progress": "false",
+}
+STEPS = 6
+GRAD_ACCUM = 2
+B = 2  # per rank; the single-process reference uses 2 * B
+
+
+def torchrun(args: list[str], nproc: int = 2, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node N -m gptforge ARGS`` (same Python, its own rendezvous port)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "gptforge", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def flags(values: dict[str, str]) -> list[str]:
+    return [a for k, v in values.items() for a in (f"--{k}", v)]
+
+
+def train_losses(run: Path) -> dict[int, float]:
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in lines if "loss" in r}
+
+
+@pytest.fixture(scope="module")
+def single_run(char_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("single") / "run"
+    cfg = build_run_config(None, None, {**SHAPE, "data.dir": str(char_data), "train.batch_size": str(2 * B),
+                                        "train.grad_accum": str(GRAD_ACCUM), "train.max_steps": str(STEPS)})
+    result = train(cfg, run)
+    assert result.step == STEPS
+    return run
+
+
+@pytest.fixture(scope="module")
+def ddp_run(char_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("ddp") / "run"
+    p = torchrun(["train", "--data", str(char_data), "--out", str(run), "--json",
+                  *flags({**SHAPE, "train.batch_size": str(B), "train.grad_accum": str(GRAD_ACCUM),
+                          "train.max_steps": str(STEPS)})])
+    assert p.returncode == 0, p.stderr[-3000:]
+    summaries = [json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")]
+    assert len(summaries) == 1, p.stdout  # only rank 0 reports
+    assert summaries[0]["step"] == STEPS
+    return run
+
+
+def test_ddp_losses_and_weights_equal_single_process(single_run: Path, ddp_run: Path) -> None:
+    a, b = train_losses(single_run), train_losses(ddp_run)
+    assert sorted(a) == sorted(b) == list(range(1, STEPS + 1))
+    for step in a:
+        assert b[step] == pytest.approx(a[step], rel=2e-6, abs=0), step
+    # the run learns (so the equality above is not two constants)
+    assert a[STEPS] < a[1] - 0.05
+    wa = load_safetensors(single_run / "final" / "model.safetensors")
+    wb = load_safetensors(ddp_run / "final" / "model.safetensors")
+    assert wa.keys() == wb.keys()  # no "module." prefixes
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], rtol=1e-5, atol=1e-5, msg=k)  # seen: 1e-6
+    # and the tokens count the global batch
+    meta = [json.loads(x) for x in (ddp_run / "metrics.jsonl").read_text().splitlines()]
+    assert meta[-1]["tokens"] == STEPS * GRAD_ACCUM * 2 * B * 16
+
+
+def test_ddp_checkpoint_format_and_per_rank_state(single_run: Path, ddp_run: Path) -> None:
+    ck_single = single_run / "checkpoints" / "step_0000006"
+    ck_ddp = ddp_run / "checkpoints" / "step_0000006"
+    assert sorted(p.name for p in ck_ddp.iterdir()) == sorted(p.name for p in ck_single.iterdir())
+    state = read_json(ck_ddp / "state.json")
+    ranks = state["ranks"]
+    assert [r["data"]["rank"] for r in ranks] == [0, 1]
+    assert all(r["data"]["world_size"] == 2 for r in ranks)
+    # each rank read half of every global batch: the same number of batches on both
+    assert ranks[0]["data"]["batch_in_epoch"] == ranks[1]["data"]["batch_in_epoch"]
+    assert ranks[0]["data"] == state["data"]  # the top level is rank 0's
+    assert (ddp_run / "latest").read_text().strip() == "step_0000006"
+    assert not (ddp_run / "checkpoints" / "step_0000006" / "ranks").exists()
