@@ -61,10 +61,12 @@ def _targets(
     embedding: list[str] = []
     tied_head = False
     if tied and (include_embeddings or include_lm_head):
-        if include_embeddings != include_lm_head:
+        if include_lm_head and not include_embeddings:  # asked for one half of a tied pair
             logger.warning(
                 "lm_head and transformer.wte share one matrix (tie_weights); quantizing both as one int tensor"
             )
+        else:
+            logger.info("lm_head and transformer.wte are tied: quantized as one shared int tensor")
         embedding = ["transformer.wte"]
         tied_head = True
     else:
