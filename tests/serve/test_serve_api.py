@@ -37,7 +37,7 @@ def test_completion_matches_cli(server, tiny_model_dir, cli) -> None:
     client = _client(server)
     r = client.completions.create(model="tiny", prompt="To be", max_tokens=10, temperature=0.8, seed=3)
     out = cli("generate", "--model", str(tiny_model_dir), "--prompt", "To be", "--max-new-tokens", "10",
-              "--temperature", "0.8", "--seed", "3", "--no-stream", "--no-echo")
+              "--temperature", "0.8", "--seed", "3", "--no-stream")
     assert out.returncode == 0, out.stderr
     assert out.stdout.rstrip("\n") == r.choices[0].text.rstrip("\n")
 
@@ -109,7 +109,9 @@ def test_busy_server_answers_429_and_disconnect_frees_slot(tiny_model_dir) -> No
         body = {"prompt": "once upon a time", "max_tokens": 400, "stream": True, "temperature": 1.0}
         with httpx.Client(timeout=60) as client, client.stream("POST", s.url + "/v1/completions", json=body) as r:
             assert r.status_code == 200
-            next(r.iter_lines())  # generation is running and holds the only slot
+            lines = r.iter_lines()  # keep the iterator: dropping it closes the connection
+            next(lines)  # generation is running and holds the only slot
+            assert httpx.get(s.url + "/health").json()["active"] == 1
             busy = httpx.post(s.url + "/v1/completions", json={"prompt": "x", "max_tokens": 1})
             assert busy.status_code == 429
             assert busy.json()["error"]["type"] == "rate_limit_error"

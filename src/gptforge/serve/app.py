@@ -134,8 +134,8 @@ class Slots:
         self._sem.release()
 
 
-async def _pieces(backend: Backend, prompt: str, params: SamplingParams, cancel: threading.Event) -> AsyncIterator[str]:
-    """Run the backend's generator in a worker thread and yield its pieces here."""
+async def _chunks(backend: Backend, prompt: str, params: SamplingParams, cancel: threading.Event) -> AsyncIterator[Any]:
+    """Run the backend's generator in a worker thread and yield its text chunks here."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
 
@@ -246,16 +246,16 @@ def create_app(backend: Backend, settings: ServeSettings | None = None) -> FastA
                            param="prompt", code="context_length_exceeded")
         return n
 
-    async def complete(prompt: str, params: SamplingParams) -> tuple[str, str]:
-        """Run one whole completion; returns (text, finish_reason)."""
+    async def complete(prompt: str, params: SamplingParams) -> tuple[str, str, int]:
+        """Run one whole completion; returns (text, finish_reason, completion tokens)."""
         cancel = threading.Event()
         await slots.acquire()
         try:
-            text = "".join([p async for p in _pieces(backend, prompt, params, cancel)])
+            chunks = [c async for c in _chunks(backend, prompt, params, cancel)]
         finally:
             cancel.set()
             slots.release()
-        return text, _finish_reason(backend, text, params)
+        return "".join(c.text for c in chunks), chunks[-1].finish_reason, chunks[-1].completion_tokens
 
     def seeded(params: SamplingParams, i: int) -> SamplingParams:
         # The i-th of n choices uses seed + i, so n=1 equals `gptforge generate --seed S`.
@@ -273,11 +273,11 @@ def create_app(backend: Backend, settings: ServeSettings | None = None) -> FastA
                     first = make_chunk(i, None, None, first=True)
                     if first is not None:
                         yield _sse(first)
-                    text = ""
-                    async for piece in _pieces(backend, prompt, p, cancel):
-                        text += piece
-                        yield _sse(make_chunk(i, piece, None))
-                    yield _sse(make_chunk(i, None, _finish_reason(backend, text, p)))
+                    async for chunk in _chunks(backend, prompt, p, cancel):
+                        if chunk.text:
+                            yield _sse(make_chunk(i, chunk.text, None))
+                        if chunk.finish_reason is not None:
+                            yield _sse(make_chunk(i, None, chunk.finish_reason))
                 finally:  # also on client disconnect (the task is cancelled here)
                     cancel.set()
                     slots.release()
@@ -321,8 +321,8 @@ def create_app(backend: Backend, settings: ServeSettings | None = None) -> FastA
             return streaming(prompt, params, req.n, chunk)
         choices, completion_tokens = [], 0
         for i in range(req.n):
-            text, finish = await complete(prompt, seeded(params, i))
-            completion_tokens += backend.count_tokens(text)
+            text, finish, n_tokens = await complete(prompt, seeded(params, i))
+            completion_tokens += n_tokens
             choices.append({"text": text, "index": i, "logprobs": None, "finish_reason": finish})
         return {"id": rid, "object": "text_completion", "created": now, "model": backend.name, "choices": choices,
                 "usage": _usage(prompt_tokens, completion_tokens)}
@@ -344,8 +344,8 @@ def create_app(backend: Backend, settings: ServeSettings | None = None) -> FastA
             return streaming(prompt, params, req.n, chunk)
         choices, completion_tokens = [], 0
         for i in range(req.n):
-            text, finish = await complete(prompt, seeded(params, i))
-            completion_tokens += backend.count_tokens(text)
+            text, finish, n_tokens = await complete(prompt, seeded(params, i))
+            completion_tokens += n_tokens
             choices.append({"index": i, "message": {"role": "assistant", "content": text},
                             "finish_reason": finish})
         return {"id": rid, "object": "chat.completion", "created": now, "model": backend.name, "choices": choices,
@@ -367,12 +367,6 @@ def _describe_validation(errors: list[dict[str, Any]]) -> str:
         loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
         parts.append(f"{loc or 'body'}: {err.get('msg', 'invalid')}")
     return "invalid request: " + "; ".join(parts)
-
-
-def _finish_reason(backend: Backend, text: str, params: SamplingParams) -> str:
-    # "length" when the completion used its whole token budget, else it stopped
-    # on end-of-text or a stop string.
-    return "length" if backend.count_tokens(text) >= params.max_tokens else "stop"
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:

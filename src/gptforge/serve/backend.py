@@ -58,20 +58,26 @@ class Backend:
             return self.template.render(messages, add_generation_prompt=True), list(self.template.stop_strings)
         return "\n\n".join(m["content"] for m in messages) + "\n\n", []
 
-    def stream(self, prompt: str, params: SamplingParams, cancel: threading.Event) -> Iterator[str]:
-        """Yield text pieces of the completion; stops early when ``cancel`` is set."""
-        from gptforge.generate.engine import GenerationConfig, stream_text
+    def stream(self, prompt: str, params: SamplingParams, cancel: threading.Event) -> Iterator[Any]:
+        """Yield :class:`~gptforge.generate.text.TextChunk` pieces of the completion (the last
+        one carries ``finish_reason`` and the token counts); stops early when ``cancel`` is set."""
+        from gptforge.generate.engine import GenerationConfig
+        from gptforge.generate.text import stream_chunks
 
         config = GenerationConfig(
             max_new_tokens=params.max_tokens,
             temperature=params.temperature,
             top_p=params.top_p,
             seed=params.seed,
-            stop=list(params.stop or []),
+            stop_strings=list(params.stop or []) or None,
             frequency_penalty=params.frequency_penalty,
             presence_penalty=params.presence_penalty,
         )
-        for piece in stream_text(self.model, self.tokenizer, prompt, config):
-            if cancel.is_set():
-                raise Cancelled()
-            yield piece
+        chunks = stream_chunks(self.model, self.tokenizer, prompt, config)
+        try:
+            for chunk in chunks:
+                if cancel.is_set():
+                    raise Cancelled()
+                yield chunk
+        finally:
+            chunks.close()
