@@ -41,6 +41,13 @@ def char_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_char_dataset(tmp_path_factory.mktemp("chardata") / "ds")
 
 
-TINY = {"model.n_layer": 2, "model.n_head": 2, "model.n_embd": 32, "model.block_size": 16,
-        "model.dropout": 0.0, "train.batch_size": 4, "train.warmup_steps": 2, "train.eval_iters": 2,
-        "train.log.interval": None}
+@pytest.fixture(autouse=True)
+def _one_thread(monkeypatch: pytest.MonkeyPatch):
+    """Tiny models run fastest on one thread (and do not fight other processes for cores)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # for `gptforge` subprocesses
+    yield
+    torch.set_num_threads(before)

@@ -144,3 +144,12 @@ def test_shipped_yaml_configs_load() -> None:
     for path in configs:
         cfg = build_run_config(None, path, None)
         assert cfg.train.max_steps > 0, path
+
+
+def test_out_of_memory_names_the_settings(char_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def oom(self: Trainer) -> tuple[float, float | None]:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(Trainer, "train_step", oom)
+    with pytest.raises(TrainingError, match=r"out of memory .* train.batch_size 4 .*lower --train.batch_size"):
+        train(_cfg(char_data, **{"train.batch_size": 4, "train.max_steps": 2}), tmp_path / "run")

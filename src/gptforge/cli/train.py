@@ -8,7 +8,7 @@ Settings come from (lowest first) the defaults, --preset (model shape and its
 training recipe), --config FILE.yaml and --section.key VALUE flags; the fully
 resolved config is written to RUN/config.yaml. Ctrl-C or SIGTERM saves a
 checkpoint and stops (exit 130/143); --resume continues exactly where it stopped.
-Config keys (each is also a --section.key flag):
+Every config key is listed at the end; each is also a --section.key VALUE flag.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", metavar="RUN", help="continue this run from its latest complete checkpoint")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run dir")
     parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout at the end")
-    rows = describe(RunConfig())
-    parser.epilog = "\n".join(f"  {flag:<28} {help_} (default {default})" for flag, default, help_ in rows)
+    rows = [row for row in describe(RunConfig()) if row[0] != "--preset"]
+    parser.epilog = "config keys:\n" + "\n".join(f"  {flag:<28} {help_} (default {default})" for flag, default, help_ in rows)
     parser.set_defaults(_accepts_overrides=True)
 
 
