@@ -37,15 +37,20 @@ def token_byte_lengths(tokenizer: Any) -> np.ndarray:
     )
 
 
-def _scored_logits_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Summed cross-entropy over targets != -100, computing logits only where they are scored."""
-    keep = y != -100  # (B, T)
+def _scored_loss(model: torch.nn.Module, x: torch.Tensor, rows: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Summed cross-entropy of the scored positions only.
+
+    Args:
+        x: (B, T) inputs; rows: (N,) flat indices into B * T of the scored positions;
+        y: (N,) their targets. Only those N rows go through the LM head.
+    """
     if hasattr(model, "hidden_states") and hasattr(model, "lm_head"):
         h = model.hidden_states(x)  # (B, T, C)
-        logits = model.lm_head(h[keep])  # (N, V)
+        logits = model.lm_head(h.reshape(-1, h.shape[-1]).index_select(0, rows))  # (N, V)
     else:
-        logits = model(x)[keep]  # (N, V)
-    return F.cross_entropy(logits.float(), y[keep], reduction="sum")
+        logits = model(x)  # (B, T, V)
+        logits = logits.reshape(-1, logits.shape[-1]).index_select(0, rows)  # (N, V)
+    return F.cross_entropy(logits.float(), y, reduction="sum")
 
 
 @torch.inference_mode()
@@ -90,7 +95,8 @@ def evaluate_tokens(
         raise DataError(f"need at least 2 tokens to score one, got {len(data)}")
     windows = sliding_windows(len(data), block_size, stride)
     device = next(model.parameters()).device
-    total_nll, total_tokens, total_bytes = 0.0, 0, 0
+    total_nll: torch.Tensor | None = None
+    total_tokens, total_bytes = 0, 0
     t0 = time.perf_counter()
     bar = None
     if progress:
@@ -103,21 +109,23 @@ def evaluate_tokens(
         y = np.stack([data[w.start + 1 : w.end + 1] for w in batch]).astype(np.int64)  # (B, T)
         pos = np.arange(batch[0].end - batch[0].start)[None, :]  # (1, T)
         starts = np.array([w.score_from - w.start - 1 for w in batch])[:, None]  # (B, 1)
-        y_scored = np.where(pos >= starts, y, -100)  # (B, T)
+        keep = (pos >= starts).reshape(-1)  # (B*T,) scored positions, found on the CPU: no device sync
+        rows = np.flatnonzero(keep)
+        y_kept = y.reshape(-1)[rows]
         if byte_lengths is not None:
-            total_bytes += int(byte_lengths[y[pos >= starts]].sum())
-        n = int((y_scored != -100).sum())
-        xt = torch.from_numpy(x).to(device, non_blocking=True)
-        yt = torch.from_numpy(y_scored).to(device, non_blocking=True)
-        total_nll += float(_scored_logits_loss(model, xt, yt))
-        total_tokens += n
+            total_bytes += int(byte_lengths[y_kept].sum())
+        xt = torch.from_numpy(x).to(device)
+        nll = _scored_loss(model, xt, torch.from_numpy(rows).to(device), torch.from_numpy(y_kept).to(device))
+        total_nll = nll if total_nll is None else total_nll + nll  # summed on the device, read once
+        total_tokens += len(rows)
         if bar is not None:
-            bar.update(n)
+            bar.update(len(rows))
     if bar is not None:
         bar.close()
+    total = float(total_nll)
     seconds = time.perf_counter() - t0
-    loss = total_nll / total_tokens
-    bpb = total_nll / math.log(2) / total_bytes if byte_lengths is not None and total_bytes else None
+    loss = total / total_tokens
+    bpb = total / math.log(2) / total_bytes if byte_lengths is not None and total_bytes else None
     return {
         "loss": loss,
         "perplexity": math.exp(loss) if loss < 700 else float("inf"),
