@@ -3,6 +3,7 @@
   gptforge plot runs/shk-cpu
   gptforge plot runs/shk-cpu --out loss.png
 
+Also draws RUN/diagnostics_*.png when the run recorded diagnostics (--log.diagnostics_interval N).
 Needs matplotlib: pip install 'gptforge[plot]'.
 """
 
@@ -17,8 +18,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from gptforge.train.diagnostics import plot_diagnostics
     from gptforge.train.plot import plot_losses
 
     path = plot_losses(args.run, args.out)
     print(f"wrote {path}")
+    for extra in plot_diagnostics(args.run):  # when the run recorded diagnostics (log.diagnostics_*)
+        print(f"wrote {extra}")
     return 0

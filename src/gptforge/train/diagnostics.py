@@ -187,6 +187,103 @@ def read_diagnostics(run_dir: str | Path) -> list[dict[str, Any]]:
     return read_metrics(path)
 
 
+def _hist_line(ax: Any, stats: dict[str, Any], label: str) -> None:
+    h = stats["hist"]
+    n = len(h["counts"])
+    width = (h["hi"] - h["lo"]) / n
+    centers = [h["lo"] + (i + 0.5) * width for i in range(n)]
+    ax.plot(centers, h["counts"], label=label)
+
+
+def plot_diagnostics(run_dir: str | Path) -> list[Path]:
+    """Draw ``RUN/diagnostics_{activations,gradients,updates}.png`` from ``RUN/diagnostics.jsonl``.
+
+    Histograms are those of the last recorded step (one line per layer, as in
+    makemore part 3); the update/param ratios are drawn against the step, on a
+    log scale with the 1e-3 rule-of-thumb line. Returns the images written ([]
+    when the run recorded no diagnostics).
+
+    Raises:
+        GptforgeError: matplotlib is missing.
+    """
+    from gptforge.errors import GptforgeError
+
+    records = read_diagnostics(run_dir)
+    if not records:
+        return []
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise GptforgeError("plotting needs matplotlib; install it with: pip install 'gptforge[plot]'") from None
+    run_dir = Path(run_dir)
+    last = records[-1]
+    written = []
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5), dpi=110)
+    for name, st in last.get("activations", {}).items():
+        _hist_line(axes[0], st, f"{name} (mean {st['mean']:+.2f}, std {st['std']:.2f})")
+    axes[0].set_title(f"block outputs, step {last['step']}")
+    for name, st in last.get("mlp", {}).items():
+        _hist_line(axes[1], st, f"{name} (std {st['std']:.2f}, dead {st['dead_pct']:.1f}%)")
+    axes[1].set_title(f"MLP activations, step {last['step']}")
+    axes[1].set_yscale("log")
+    layers = sorted({k for r in records for k in r.get("mlp", {})})
+    for name in layers:
+        pts = [(r["step"], r["mlp"][name]["dead_pct"]) for r in records if name in r.get("mlp", {})]
+        axes[2].plot(*zip(*pts), marker="o", label=f"{name} dead %")
+        pts = [(r["step"], r["mlp"][name]["near_zero_pct"]) for r in records if name in r.get("mlp", {})]
+        axes[2].plot(*zip(*pts), linestyle="--", label=f"{name} near-zero %")
+    axes[2].set_title("dead MLP units (solid) and near-zero outputs (dashed), %")
+    axes[2].set_xlabel("step")
+    for ax in axes:
+        ax.legend(fontsize=6)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    written.append(run_dir / "diagnostics_activations.png")
+    fig.savefig(written[-1])
+    plt.close(fig)
+
+    grads = {k: v for k, v in last.get("gradients", {}).items() if k.endswith(".weight")}
+    fig, axes = plt.subplots(1, 2, figsize=(14, 4.5), dpi=110)
+    for name, st in grads.items():
+        if ".h." in name and (name.endswith("c_fc.weight") or name.endswith("c_attn.weight")):
+            _hist_line(axes[0], st, f"{name} (std {st['std']:.1e})")
+    axes[0].set_title(f"gradient histograms (weights), step {last['step']}")
+    axes[0].legend(fontsize=6)
+    names = list(grads)
+    axes[1].barh(range(len(names)), [grads[n]["norm"] for n in names])
+    axes[1].set_yticks(range(len(names)), names, fontsize=5)
+    axes[1].set_xscale("log")
+    axes[1].set_title("gradient norm per weight")
+    fig.tight_layout()
+    written.append(run_dir / "diagnostics_gradients.png")
+    fig.savefig(written[-1])
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(9, 5), dpi=110)
+    params = sorted({k for r in records for k, v in r.get("update_ratio", {}).items()
+                     if v and k.endswith(".weight") and "ln" not in k})
+    for name in params:
+        pts = [(r["step"], r["update_ratio"][name]) for r in records if r.get("update_ratio", {}).get(name)]
+        if pts:
+            ax.plot(*zip(*pts), marker=".", label=name)
+    ax.axhline(1e-3, color="k", linestyle="--", linewidth=1, label="1e-3")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("||update|| / ||param||")
+    ax.set_title("update / parameter ratio")
+    ax.legend(fontsize=5, ncol=2)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    written.append(run_dir / "diagnostics_updates.png")
+    fig.savefig(written[-1])
+    plt.close(fig)
+    return written
+
+
 def diagnostics_hooks(log_cfg: Any, run_dir: str | Path, is_main: bool = True) -> list[TrainHooks]:
     """The loop's diagnostics hook when ``log.diagnostics_interval``/``diagnostics_steps`` ask for one (rank 0)."""
     interval = getattr(log_cfg, "diagnostics_interval", 0) or 0
@@ -196,4 +293,7 @@ def diagnostics_hooks(log_cfg: Any, run_dir: str | Path, is_main: bool = True) -
     return [Diagnostics(run_dir, interval, steps)]
 
 
-__all__ = ["DIAGNOSTICS_FILE", "Diagnostics", "diagnostics_hooks", "read_diagnostics", "tensor_stats", "unit_stats"]
+__all__ = [
+    "DIAGNOSTICS_FILE", "Diagnostics", "diagnostics_hooks", "plot_diagnostics", "read_diagnostics", "tensor_stats",
+    "unit_stats",
+]
