@@ -179,9 +179,9 @@ def main() -> int:
     parser.add_argument("--impls", default="explicit,sdpa,hf", help="comma list of explicit, sdpa, hf")
     parser.add_argument("--batch", type=int, default=None, help="batch size (CPU default per shape; GPU 16)")
     parser.add_argument("--seq-len", type=int, default=None, help="tokens per row (CPU default per shape; GPU block_size)")
-    parser.add_argument("--steps", type=int, default=1, help="timed steps per implementation per round")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per implementation per round (CPU 1, GPU 10)")
     parser.add_argument("--rounds", type=int, default=3, help="round-robin rounds")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed steps per implementation first")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed steps per implementation first (CPU 1, GPU 3)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="fp32", choices=list(DTYPES))
     parser.add_argument("--compile", action="store_true", help="torch.compile every model")
@@ -192,6 +192,9 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object per row")
     args = parser.parse_args()
     args.impls = [s.strip() for s in args.impls.split(",") if s.strip()]
+    on_gpu = args.device.startswith("cuda")
+    args.steps = args.steps or (10 if on_gpu else 1)
+    args.warmup = args.warmup if args.warmup is not None else (3 if on_gpu else 1)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.device.startswith("cuda"):
