@@ -78,11 +78,47 @@ def test_cli_path_without_a_model(cli, tmp_path) -> None:
     assert "no model" in line
 
 
-def test_cli_chat_session(cli, model_dir) -> None:
-    path, _, _ = model_dir
-    res = cli("chat", "--model", str(path), "--max-new-tokens", "8", "--temperature", "0",
+@pytest.fixture(scope="module")
+def chat_model_dir(model_dir, tmp_path_factory):
+    templates = pytest.importorskip("gptforge.templates")
+    from gptforge.model.loading import save_model
+
+    _, model, tok = model_dir
+    out = tmp_path_factory.mktemp("chat") / "model"
+    template = templates.make_template("chat")
+    save_model(model, out, tokenizer=tok, extra_config={"template": template.to_dict()})
+    return out, model, tok, template
+
+
+def test_cli_chat_with_template(cli, chat_model_dir) -> None:
+    path, _, _, _ = chat_model_dir
+    res = cli("chat", "--model", str(path), "--max-new-tokens", "6", "--temperature", "0",
               input="hello there\n/reset\nhi again\n/quit\n")
     assert res.returncode == 0, res.stderr
     assert res.stdout.count("bot> ") == 2
     assert "(conversation forgotten)" in res.stdout
-    assert "plain continuation" in res.stderr
+    assert "template 'chat'" in res.stderr
+
+
+def test_generate_chat_template_flag(model_dir, chat_model_dir, capsys) -> None:
+    """In-process CLI call: --chat-template renders the prompt as one user message."""
+    import logging
+
+    from gptforge.cli.main import main as cli_main
+
+    def main(argv: list[str]) -> int:  # main() sets up the gptforge logger: undo it for other tests
+        logger = logging.getLogger("gptforge")
+        saved = (logger.handlers[:], logger.level, logger.propagate)
+        try:
+            return cli_main(argv)
+        finally:
+            logger.handlers[:], logger.level, logger.propagate = saved[0], saved[1], saved[2]
+
+    path, model, tok, template = chat_model_dir
+    cfg = GenerationConfig(max_new_tokens=12, temperature=0, stop_strings=list(template.stop_strings))
+    expected = generate_text(model, tok, template.render([{"role": "user", "content": "Hi"}]), cfg)
+    assert main(["generate", "--model", str(path), "--prompt", "Hi", "--chat-template", "--max-new-tokens", "12",
+                 "--temperature", "0", "--device", "cpu"]) == 0
+    assert capsys.readouterr().out == expected + "\n"
+    assert main(["generate", "--model", str(model_dir[0]), "--prompt", "Hi", "--chat-template"]) == 2
+    assert "no chat template" in capsys.readouterr().err

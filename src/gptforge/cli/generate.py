@@ -45,6 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-samples", type=int, default=1, help="independent samples of the prompt")
     parser.add_argument("--no-stream", action="store_true", help="print the text once it is complete")
     parser.add_argument("--echo", action="store_true", help="print the prompt before the continuation")
+    parser.add_argument("--chat-template", action="store_true",
+                        help="send the prompt as one user message through the model's chat template "
+                             "(fine-tuned models) and stop at the template's stop strings")
 
 
 def resolve_device(name: str) -> str:
@@ -98,19 +101,30 @@ def run(args: argparse.Namespace) -> int:
 
     model = load_for_generation(args)
     tok = model.tokenizer
+    prompt = args.prompt
+    if args.chat_template:
+        from gptforge.errors import ModelError
+        from gptforge.generate.chat import load_template
+
+        template = load_template(model)
+        if template is None:
+            raise ModelError(f"the model at {args.model} has no chat template; drop --chat-template")
+        prompt = template.render([{"role": "user", "content": args.prompt}], add_generation_prompt=True)
+        stops = list(dict.fromkeys(list(config.stop_strings or []) + list(template.stop_strings)))
+        config = config.replace(stop_strings=stops)
     out = sys.stdout
     if args.echo:
-        out.write(args.prompt)
+        out.write(prompt)
     t0 = time.perf_counter()
     if config.num_samples == 1 and not args.no_stream:
         n = 0
-        for chunk in stream_chunks(model, tok, args.prompt, config):
+        for chunk in stream_chunks(model, tok, prompt, config):
             out.write(chunk.text)
             out.flush()
             n = chunk.completion_tokens
         out.write("\n")
     else:
-        texts = generate_texts(model, tok, [args.prompt], config)
+        texts = generate_texts(model, tok, [prompt], config)
         n = None
         for i, text in enumerate(texts):
             if len(texts) > 1:
