@@ -148,7 +148,7 @@ def bench_model(name: str, base: GPT, windows: torch.Tensor, work: Path, args: a
             row["layers_ratio"] = linear_weight_bytes(m, names) / linear_weight_bytes(base, names)
         rows.append(row)
         models[label] = (m, timed)
-    if device == "cuda":
+    if device == "cuda" or args.torchao:
         for label, m in _torchao_variants(base, device):
             rows.append({"model": name, "variant": label, "file_bytes": None})
             models[label] = (m, True)
@@ -264,6 +264,7 @@ def main() -> int:
     p.add_argument("--gpt2-windows", type=int, default=4, help="gpt2-124M: val windows of 256 tokens")
     p.add_argument("--eval-batch", type=int, default=4)
     p.add_argument("--time-all", action="store_true", help="also time the +emb variants")
+    p.add_argument("--torchao", action="store_true", help="add torchao weight-only rows on CPU too (default: cuda only)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args()
     os.environ.setdefault("GPTFORGE_DATA_DIR", str(DATA))  # the GPT-2 BPE files and the corpus
