@@ -18,8 +18,13 @@ TEXT = (
 
 def child_env(**extra: str) -> dict[str, str]:
     """One thread per child (bitwise-comparable runs, less load on a shared machine)."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
-               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(
+        os.environ,
+        PYTHONUNBUFFERED="1",
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
     env.pop("GPTFORGE_FI", None)
     env.update(extra)
     return env
@@ -30,9 +35,13 @@ def harness_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "tests.reliability.fi_harness", *args]
 
 
-def run_harness(*args: str, fi: str | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
+def run_harness(
+    *args: str, fi: str | None = None, timeout: float = 900
+) -> subprocess.CompletedProcess:
     env = child_env(**({"GPTFORGE_FI": fi} if fi else {}))
-    return subprocess.run(harness_cmd(*args), cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        harness_cmd(*args), cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.fixture(scope="session")

@@ -79,7 +79,9 @@ def install() -> None:
         loop.optimizer_step = _after(loop.optimizer_step, "step")
         original_eval = loop.estimate_loss
 
-        def estimate_loss(model: Any, make: Any, splits: list[str], *args: Any, **kwargs: Any) -> Any:
+        def estimate_loss(
+            model: Any, make: Any, splits: list[str], *args: Any, **kwargs: Any
+        ) -> Any:
             first = original_eval(model, make, splits[:1], *args, **kwargs)
             hit("eval")
             return {**first, **original_eval(model, make, splits[1:], *args, **kwargs)}
@@ -89,7 +91,9 @@ def install() -> None:
         checkpoint.write_json = _after(checkpoint.write_json, "ckpt_state")
         checkpoint.atomic_write_bytes = _before(checkpoint.atomic_write_bytes, "latest")
         checkpoint.prune_checkpoints = _before(checkpoint.prune_checkpoints, "prune")
-        loading.save_model = _after(loading.save_model, "final")  # Trainer.save_final imports it late
+        loading.save_model = _after(
+            loading.save_model, "final"
+        )  # Trainer.save_final imports it late
     elif point == "shard":
         from gptforge.data import prepare
 

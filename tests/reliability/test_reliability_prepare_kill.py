@@ -40,7 +40,9 @@ def _assert_absent_or_complete(out: Path, reference: dict[str, object]) -> bool:
     return True
 
 
-def test_prepare_killed_anywhere_leaves_nothing_or_a_complete_dataset(corpus: Path, tmp_path: Path) -> None:
+def test_prepare_killed_anywhere_leaves_nothing_or_a_complete_dataset(
+    corpus: Path, tmp_path: Path
+) -> None:
     big = tmp_path / "corpus"
     big.mkdir()
     for i in range(6):  # several documents, so several shards per split

@@ -26,15 +26,18 @@ from gptforge.io import load_safetensors
 from gptforge.train import checkpoint as ckpt
 from tests.reliability.conftest import REPO, child_env, harness_cmd, run_harness
 
-STEPS = 40
-TRAIN_FLAGS = [
-    "--model.n_layer", "1", "--model.n_head", "2", "--model.n_embd", "16", "--model.block_size", "16",
-    "--model.dropout", "0.1",  # dropout draws from the torch RNG: its state must survive too
-    "--train.batch_size", "4", "--train.max_steps", str(STEPS), "--train.warmup_steps", "4",
-    "--train.eval_interval", "6", "--train.eval_iters", "2", "--train.ckpt_interval", "4",
-    "--train.keep_last", "2", "--train.device", "cpu", "--train.seed", "7",
+
+def train_flags(steps: int) -> list[str]:
+    return [
+        "--model.n_layer", "1", "--model.n_head", "2", "--model.n_embd", "16", "--model.block_size", "16",
+        "--model.dropout", "0.1",  # dropout draws from the torch RNG: its state must survive too
+        "--train.batch_size", "4", "--train.max_steps", str(steps), "--train.warmup_steps", "4",
+        "--train.eval_interval", "6", "--train.eval_iters", "2", "--train.ckpt_interval", "4",
+        "--train.keep_last", "2", "--train.device", "cpu", "--train.seed", "7",
     "--log.interval", "1", "--log.progress", "false",
-]  # fmt: skip
+    ]  # fmt: skip
+
+
 RESUMED = re.compile(r"resuming \S+ from (step_\d+)")
 
 # (point, N): SIGKILL the N-th time the child reaches the point; ("random", k): from outside,
@@ -53,10 +56,14 @@ def _metric_lines(run: Path) -> int:
     return len(path.read_text(encoding="utf-8").splitlines()) if path.is_file() else 0
 
 
-def _kill_at_random(cmd: list[str], run: Path, after_lines: int, rng: random.Random) -> subprocess.CompletedProcess:
+def _kill_at_random(
+    cmd: list[str], run: Path, after_lines: int, rng: random.Random
+) -> subprocess.CompletedProcess:
     """Start ``cmd``; SIGKILL it a random moment after ``after_lines`` new metrics lines."""
     start_lines = _metric_lines(run)
-    proc = subprocess.Popen(cmd, cwd=REPO, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.monotonic() + 600
     while proc.poll() is None and time.monotonic() < deadline:
         if _metric_lines(run) >= start_lines + after_lines:
@@ -74,21 +81,27 @@ def _check_run_dir(run: Path) -> str | None:
         ckpt.verify_checkpoint(path)  # raises CheckpointError naming the file
     latest = ckpt.read_latest(run)
     if latest is not None:
-        assert (run / "checkpoints" / latest).is_dir(), f"latest names {latest}, which does not exist"
+        assert (run / "checkpoints" / latest).is_dir(), (
+            f"latest names {latest}, which does not exist"
+        )
     return latest
 
 
 def _losses(run: Path) -> tuple[dict[int, float], dict[int, float]]:
-    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    lines = [
+        json.loads(x) for x in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
     train = [(r["step"], r["loss"]) for r in lines if "loss" in r]
     evals = [(r["step"], r["val_loss"]) for r in lines if "val_loss" in r]
     assert len({s for s, _ in train}) == len(train), "a step was logged twice"
     return dict(train), dict(evals)
 
 
-def _kill_and_resume(plan: list[tuple[str, int]], char_ds: Path, tmp_path: Path) -> dict[str, int]:
+def _kill_and_resume(
+    plan: list[tuple[str, int]], steps: int, char_ds: Path, tmp_path: Path
+) -> dict[str, int]:
     ref, run = tmp_path / "reference", tmp_path / "killed"
-    r = run_harness("train", "--data", str(char_ds), "--out", str(ref), *TRAIN_FLAGS)
+    r = run_harness("train", "--data", str(char_ds), "--out", str(ref), *train_flags(steps))
     assert r.returncode == 0, r.stderr
 
     rng = random.Random(1234)
@@ -96,7 +109,7 @@ def _kill_and_resume(plan: list[tuple[str, int]], char_ds: Path, tmp_path: Path)
     resume_from: str | None = None
     for i, (point, n) in enumerate(plan):
         args = (["train", "--resume", str(run)] if i else
-                ["train", "--data", str(char_ds), "--out", str(run), *TRAIN_FLAGS])  # fmt: skip
+                ["train", "--data", str(char_ds), "--out", str(run), *train_flags(steps)])  # fmt: skip
         if point == "random":
             r = _kill_at_random(harness_cmd(*args), run, n, rng)
         else:
@@ -112,9 +125,13 @@ def _kill_and_resume(plan: list[tuple[str, int]], char_ds: Path, tmp_path: Path)
                 assert m.group(1) == resume_from, (m.group(1), resume_from, r.stderr)
                 resumes_checked += 1
         latest = _check_run_dir(run)
-        assert latest is not None, "the first run was killed after its first checkpoint, so one must exist"
+        assert latest is not None, (
+            "the first run was killed after its first checkpoint, so one must exist"
+        )
         complete = [p.name for _, p in ckpt.list_checkpoints(run)]
-        if point != "latest":  # a folder renamed just before `latest` moved is complete but unannounced
+        if (
+            point != "latest"
+        ):  # a folder renamed just before `latest` moved is complete but unannounced
             assert latest == complete[-1], (latest, complete)
         if resume_from is not None:
             assert latest >= resume_from, f"latest went back from {resume_from} to {latest}"
@@ -131,7 +148,7 @@ def _kill_and_resume(plan: list[tuple[str, int]], char_ds: Path, tmp_path: Path)
     assert wa.keys() == wb.keys()
     for k in wa:
         assert torch.equal(wa[k], wb[k]), k
-    last = ckpt.checkpoint_name(STEPS)
+    last = ckpt.checkpoint_name(steps)
     oa = torch.load(ref / "checkpoints" / last / "optimizer.pt", weights_only=True)
     ob = torch.load(run / "checkpoints" / last / "optimizer.pt", weights_only=True)
     for idx in oa["state"]:
@@ -141,13 +158,13 @@ def _kill_and_resume(plan: list[tuple[str, int]], char_ds: Path, tmp_path: Path)
 
 
 def test_kills_then_resume_equal_an_uninterrupted_run(char_ds: Path, tmp_path: Path) -> None:
-    counts = _kill_and_resume(FAST_PLAN, char_ds, tmp_path)
+    counts = _kill_and_resume(FAST_PLAN, 40, char_ds, tmp_path)
     assert counts["kills"] >= len(FAST_PLAN) - 1  # the random one may come after the child ended
     print(f"\nreliability: train {counts}")
 
 
 @pytest.mark.slow
 def test_twenty_kills_then_resume_equal_an_uninterrupted_run(char_ds: Path, tmp_path: Path) -> None:
-    counts = _kill_and_resume(SLOW_PLAN, char_ds, tmp_path)
+    counts = _kill_and_resume(SLOW_PLAN, 100, char_ds, tmp_path)
     assert counts["kills"] >= 20 - 1
     print(f"\nreliability: train {counts}")

@@ -144,15 +144,23 @@ def save_checkpoint(
     run_dir = Path(run_dir)
     name = checkpoint_name(step)
     final = run_dir / "checkpoints" / name
-    with atomic_dir(final, overwrite=True) as tmp:
-        save_model(unwrap_model(model), tmp, tokenizer=tokenizer, extra_config=extra_config)
-        torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
-        files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
-        full = {"format_version": FORMAT_VERSION, "kind": "gptforge-checkpoint", "step": step, **state}
-        full["rng"] = get_rng_state()
-        full["files"] = files
-        write_json(tmp / STATE_FILE, full)
-    atomic_write_bytes(run_dir / "latest", (name + "\n").encode())
+    try:
+        with atomic_dir(final, overwrite=True) as tmp:
+            save_model(unwrap_model(model), tmp, tokenizer=tokenizer, extra_config=extra_config)
+            torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
+            files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+            full = {"format_version": FORMAT_VERSION, "kind": "gptforge-checkpoint", "step": step, **state}
+            full["rng"] = get_rng_state()
+            full["files"] = files
+            write_json(tmp / STATE_FILE, full)
+        atomic_write_bytes(run_dir / "latest", (name + "\n").encode())
+    except OSError as e:  # disk full, quota, permissions: a user-fixable stop, not a traceback
+        previous = read_latest(run_dir)
+        kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
+        raise CheckpointError(
+            f"cannot write checkpoint {name} in {run_dir}: {e.strerror or e}; {kept}. "
+            f"Free disk space (or fix permissions), then `gptforge train --resume {run_dir}`"
+        ) from None
     prune_checkpoints(run_dir, keep_last)
     return final
 
