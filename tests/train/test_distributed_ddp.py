@@ -110,3 +110,59 @@ def test_ddp_checkpoint_format_and_per_rank_state(single_run: Path, ddp_run: Pat
     assert ranks[0]["data"] == state["data"]  # the top level is rank 0's
     assert (ddp_run / "latest").read_text().strip() == "step_0000006"
     assert not (ddp_run / "checkpoints" / "step_0000006" / "ranks").exists()
+
+
+@pytest.mark.slow
+def test_fsdp_resumed_run_equals_single_process(single_run: Path, char_data: Path, tmp_path: Path) -> None:
+    """FSDP2 (``fully_shard``) on the CPU with gloo: 3 steps, a resume to 6, against one process.
+
+    Also checks that FSDP checkpoints are in the plain format (full tensors,
+    index-keyed optimizer state): the resume reads them back through the same
+    code as a single-process checkpoint.
+    """
+    run = tmp_path / "run"
+    common = {**SHAPE, "train.batch_size": str(B), "train.grad_accum": str(GRAD_ACCUM),
+              "train.distributed": "fsdp"}
+    p = torchrun(["train", "--data", str(char_data), "--out", str(run), *flags({**common, "train.max_steps": "3"})])
+    assert p.returncode == 0, p.stderr[-3000:]
+    ck = torch.load(run / "checkpoints" / "step_0000003" / "optimizer.pt", weights_only=True)
+    single_ck = torch.load(single_run / "checkpoints" / "step_0000003" / "optimizer.pt", weights_only=True)
+    assert [g["params"] for g in ck["param_groups"]] == [g["params"] for g in single_ck["param_groups"]]
+    for i, s in single_ck["state"].items():
+        torch.testing.assert_close(ck["state"][i]["exp_avg"], s["exp_avg"], rtol=1e-4, atol=1e-7)
+    p = torchrun(["train", "--resume", str(run), "--train.max_steps", str(STEPS)])
+    assert p.returncode == 0, p.stderr[-3000:]
+    a, b = train_losses(single_run), train_losses(run)
+    assert sorted(b) == list(range(1, STEPS + 1))
+    for step in a:
+        assert b[step] == pytest.approx(a[step], rel=2e-6, abs=0), step
+    wa = load_safetensors(single_run / "final" / "model.safetensors")
+    wb = load_safetensors(run / "final" / "model.safetensors")
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], rtol=1e-5, atol=1e-5, msg=k)
+
+
+@pytest.mark.slow
+def test_ddp_resume_restores_every_ranks_stream(char_data: Path, tmp_path: Path) -> None:
+    """Random batches and dropout: each rank draws from its own data and torch RNG streams, so a
+    resume must restore every rank's own state. 6 steps straight == 3 + resume + 3, exactly."""
+    common = {**SHAPE, "data.mode": "random", "model.dropout": "0.1", "train.batch_size": str(B),
+              "train.grad_accum": str(GRAD_ACCUM)}
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    p = torchrun(["train", "--data", str(char_data), "--out", str(straight),
+                  *flags({**common, "train.max_steps": str(STEPS)})])
+    assert p.returncode == 0, p.stderr[-3000:]
+    p = torchrun(["train", "--data", str(char_data), "--out", str(split), *flags({**common, "train.max_steps": "3"})])
+    assert p.returncode == 0, p.stderr[-3000:]
+    ranks = read_json(split / "checkpoints" / "step_0000003" / "state.json")["ranks"]
+    assert ranks[0]["data"]["rng"] != ranks[1]["data"]["rng"] and ranks[0]["rng"] != ranks[1]["rng"]
+    p = torchrun(["train", "--resume", str(split), "--train.max_steps", str(STEPS)])
+    assert p.returncode == 0, p.stderr[-3000:]
+    a, b = train_losses(straight), train_losses(split)
+    assert sorted(a) == sorted(b) == list(range(1, STEPS + 1))
+    assert a == b  # same processes, same reduction order: bitwise
+    wa = load_safetensors(straight / "final" / "model.safetensors")
+    wb = load_safetensors(split / "final" / "model.safetensors")
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k

@@ -88,6 +88,9 @@ class Diagnostics(TrainHooks):
         from gptforge.model.loading import unwrap_model
 
         self._model = unwrap_model(trainer.model)
+        if getattr(trainer, "distributed", "none") == "fsdp":  # sharded tensors: stats would need every rank
+            logger.warning("diagnostics are not recorded under FSDP; use DDP or a single process for them")
+            self.interval, self.steps = 0, set()
         self.attach(self._model)
         if trainer.step == 0 and self.path.exists():
             self.path.unlink()  # a fresh run (the run dir was just made): no stale lines

@@ -131,9 +131,10 @@ def wrap_model(model: torch.nn.Module, mode: str, device: torch.device) -> torch
     """The module to run forward/backward through: ``model`` itself, DDP(model) or FSDP-sharded.
 
     FSDP uses ``fully_shard`` (FSDP2): each transformer block is a unit, then the
-    root (embeddings, final norm, head). It shards ``model`` in place, so the
-    returned module is ``model``; checkpoints gather full state dicts
-    (:func:`full_model_state`) so their format is the same as without FSDP.
+    root (embeddings, final norm, head). It shards the plain module behind
+    ``model`` in place and returns ``model``; the loop rebuilds the optimizer
+    (:func:`fsdp_shard`), and checkpoints gather full state dicts
+    (:func:`full_state_views`) so their format is the same as without FSDP.
     """
     if mode == "none":
         return model
@@ -144,10 +145,10 @@ def wrap_model(model: torch.nn.Module, mode: str, device: torch.device) -> torch
     if mode == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
-        blocks = getattr(getattr(model, "transformer", model), "h", [])
-        for block in blocks:
+        plain = _unwrap(model)  # under torch.compile: shard the module the compiled wrapper calls
+        for block in getattr(getattr(plain, "transformer", plain), "h", []):
             fully_shard(block)
-        fully_shard(model)
+        fully_shard(plain)
         return model
     raise ConfigError(f"unknown distributed mode {mode!r}")
 
@@ -165,6 +166,12 @@ def micro_step_context(model: torch.nn.Module, micro_step: int, grad_accum: int)
     if hasattr(model, "set_requires_gradient_sync"):  # FSDP2
         model.set_requires_gradient_sync(last)
     return contextlib.nullcontext()
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    from gptforge.model.loading import unwrap_model
+
+    return unwrap_model(model)
 
 
 def is_fsdp(model: torch.nn.Module) -> bool:
@@ -234,15 +241,84 @@ def state_for_rank(state: dict[str, Any], this_rank: int, processes: int) -> dic
     return {"data": state["data"], "rng": state["rng"]}
 
 
-# ---------------------------------------------------------------- FSDP full state dicts
+# ---------------------------------------------------------------- FSDP
 
 
-def full_model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """All ranks call this; rank 0 gets the full (unsharded, CPU) state dict, the others ``{}``."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+def _param_names(model: torch.nn.Module) -> dict[int, str]:
+    return {id(p): name for name, p in model.named_parameters()}
 
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
+def optimizer_state_by_name(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """``optimizer.state_dict()`` with parameter names instead of indices (the form FSDP loads)."""
+    names = _param_names(model)
+    order = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+    sd = optimizer.state_dict()
+    state = {order[i]: s for i, s in sd["state"].items()}
+    groups = [{**g, "params": [order[i] for i in g["params"]]} for g in sd["param_groups"]]
+    return {"state": state, "param_groups": groups}
+
+
+def optimizer_state_by_index(named: dict[str, Any]) -> dict[str, Any]:
+    """The inverse of :func:`optimizer_state_by_name`: indices in parameter-group order, as
+    ``torch.optim.Optimizer.state_dict()`` numbers them (so checkpoints look the same with or without FSDP)."""
+    index: dict[str, int] = {}
+    for group in named["param_groups"]:
+        for name in group["params"]:
+            index.setdefault(name, len(index))
+    state = {index[name]: s for name, s in named["state"].items()}
+    groups = [{**g, "params": [index[n] for n in g["params"]]} for g in named["param_groups"]]
+    return {"state": state, "param_groups": groups}
+
+
+def fsdp_shard(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, build_optimizer: Any
+) -> torch.optim.Optimizer:
+    """Shard ``model`` in place with FSDP2 and return a new optimizer over the shards.
+
+    ``fully_shard`` replaces the parameters, so the optimizer built on the plain
+    model must be rebuilt (``build_optimizer(model)``); its state (restored from
+    a checkpoint on resume) is carried over by parameter name, every rank
+    holding the full state and keeping its shard.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    named = optimizer_state_by_name(model, optimizer) if optimizer.state else None
+    wrap_model(model, "fsdp", next(model.parameters()).device)
+    new = build_optimizer(model)
+    if named is not None:
+        set_optimizer_state_dict(model, new, named, options=StateDictOptions(full_state_dict=True))
+    return new
+
+
+def full_state_views(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None
+) -> tuple[torch.nn.Module | None, Any]:
+    """A plain model holding the full weights and an object whose ``state_dict()`` is the full,
+    index-keyed optimizer state, on rank 0 (``(None, None)`` on the others). Every rank must call it.
+
+    This is what checkpoints and ``final/`` save under FSDP, so they have the same
+    format as without it. The plain model lives on the meta device until the full
+    tensors (on the CPU) are assigned.
+    """
+    from types import SimpleNamespace
+
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    weights = get_model_state_dict(model, options=options)
+    osd = get_optimizer_state_dict(model, optimizer, options=options) if optimizer is not None else None
+    if not is_main():
+        return None, None
+    with torch.device("meta"):
+        plain = type(model)(model.config)
+    plain.load_state_dict(weights, assign=True)
+    plain.tokenizer = getattr(model, "tokenizer", None)
+    opt_view = SimpleNamespace(state_dict=lambda: optimizer_state_by_index(osd)) if osd is not None else None
+    return plain, opt_view
 
 
 def sync_stop(stop: Any, over_budget: bool = False) -> bool:
@@ -268,7 +344,7 @@ def sync_stop(stop: Any, over_budget: bool = False) -> bool:
 
 
 __all__ = [
-    "barrier", "full_model_state", "gather_to_main", "init", "is_fsdp", "is_main", "local_rank",
+    "barrier", "fsdp_shard", "full_state_views", "gather_to_main", "init", "is_fsdp", "is_main", "local_rank",
     "mean_across_ranks", "mean_dict_across_ranks", "micro_step_context", "rank", "resolve_mode", "shutdown",
     "state_for_rank", "sync_stop", "world_size", "wrap_model",
 ]

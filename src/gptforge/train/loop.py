@@ -319,6 +319,11 @@ class Trainer:
 
     def wrap_model(self, model: torch.nn.Module) -> torch.nn.Module:
         """Hook for DDP/FSDP wrapping (the model to run forward/backward through)."""
+        if self.distributed == "fsdp":  # shards self.model in place: the optimizer must follow the new parameters
+            self.optimizer = dist.fsdp_shard(
+                self.model, self.optimizer, lambda m: build_optimizer(m, self.cfg.train, self.device)
+            )
+            return model
         return dist.wrap_model(model, self.distributed, self.device)
 
     def micro_step_context(self, micro_step: int) -> contextlib.AbstractContextManager:
@@ -355,12 +360,14 @@ class Trainer:
     def save_checkpoint(self) -> Path | None:
         # Every rank's data position and RNG go into the checkpoint; rank 0 writes, the others wait.
         ranks = dist.gather_to_main({"data": self.loader.state_dict(), "rng": ckpt.get_rng_state()})
-        path = self._write_checkpoint(ranks)
+        model, optimizer = (dist.full_state_views(self.model, self.optimizer) if self.distributed == "fsdp"
+                            else (self.model, self.optimizer))  # FSDP: full tensors gathered on rank 0
+        path = self._write_checkpoint(ranks, model, optimizer)
         self.last_ckpt_step = self.step  # on every rank, so all agree on the final save
         dist.barrier()
         return path
 
-    def _write_checkpoint(self, ranks: list[dict[str, Any]] | None) -> Path | None:
+    def _write_checkpoint(self, ranks: list[dict[str, Any]] | None, model: Any, optimizer: Any) -> Path | None:
         if not self.is_main:
             return None
         at_eval = self.last_eval_step == self.step and self.last_eval is not None
@@ -375,20 +382,21 @@ class Trainer:
             **({"ranks": ranks} if self.world_size > 1 else {}),
         }
         path = ckpt.save_checkpoint(
-            self.run_dir, self.step, self.model, self.optimizer, self.tokenizer, state,
+            self.run_dir, self.step, model, optimizer, self.tokenizer, state,
             extra_config=self._extra_config(), keep_last=self.cfg.train.keep_last,
         )
         self.last_ckpt, self.last_ckpt_step = path, self.step
         return path
 
     def save_final(self) -> Path | None:
+        model = dist.full_state_views(self.model)[0] if self.distributed == "fsdp" else self.model
         if not self.is_main:
             return None
         from gptforge.model.loading import save_model
 
         final = self.run_dir / "final"
         with atomic_dir(final, overwrite=True) as tmp:
-            save_model(self.model, tmp, tokenizer=self.tokenizer, extra_config=self._extra_config())
+            save_model(model, tmp, tokenizer=self.tokenizer, extra_config=self._extra_config())
         return final
 
     def _extra_config(self) -> dict[str, Any]:
