@@ -10,7 +10,9 @@ Each step is one forward and one backward of the next-token loss on a fixed rand
 batch (no optimizer step). The implementations run round-robin (a few steps each, for
 several rounds) so that load from other processes hits all of them alike; the table
 reports the fastest step of each (the least disturbed by other processes on a shared machine)
-and the median. MFU uses gptforge.model.accounting (6N + 12 L nh hs T
+and the median, in wall-clock time, and also tokens per CPU-second of this process: with
+``--threads 1`` that figure ignores the time the process waited for a core, the fairest
+comparison on a loaded machine. MFU uses gptforge.model.accounting (6N + 12 L nh hs T
 FLOPs per token, PaLM appendix B) against the device's dense peak.
 
 For the comparison the model shapes keep their layers, heads, width and context but use
@@ -138,14 +140,16 @@ def run_shape(shape: str, args: argparse.Namespace) -> list[dict]:
         for _ in range(args.warmup):
             step()
     times: dict[str, list[float]] = {name: [] for name in steps}
+    cpu_times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(args.rounds):
         for name, step in steps.items():
             for _ in range(args.steps):
                 if device.type == "cuda":
                     torch.cuda.synchronize()
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 step()
                 times[name].append(time.perf_counter() - t0)
+                cpu_times[name].append(time.process_time() - c0)
     peak = None
     if args.peak:
         peak = accounting.peak_flops(args.peak, args.dtype)
@@ -155,21 +159,21 @@ def run_shape(shape: str, args: argparse.Namespace) -> list[dict]:
             peak = accounting.peak_flops(name, "tf32" if args.dtype == "fp32" else args.dtype)
     flops = accounting.flops_per_token(config, seq)
     rows = []
-    base = None
     for name, ts in times.items():
         tokens_per_s = batch * seq / min(ts)
-        if name == "hf":
-            base = tokens_per_s
         rows.append(
             dict(shape=shape, impl=name, batch=batch, seq_len=seq, vocab=config.vocab_size, dtype=args.dtype,
                  compile=args.compile, device=str(device), tokens_per_s=tokens_per_s,
                  step_s_min=min(ts), step_s_median=statistics.median(ts), steps=len(ts),
                  tokens_per_s_median=batch * seq / statistics.median(ts),
+                 tokens_per_cpu_s=batch * seq / min(cpu_times[name]),
                  max_logit_diff_vs_first=check[name],
                  mfu=accounting.mfu(tokens_per_s, flops, peak) if peak else None)
         )
+    hf = next((row for row in rows if row["impl"] == "hf"), None)
     for row in rows:
-        row["vs_hf"] = row["tokens_per_s"] / base if base else None
+        row["vs_hf"] = row["tokens_per_s"] / hf["tokens_per_s"] if hf else None
+        row["vs_hf_cpu"] = row["tokens_per_cpu_s"] / hf["tokens_per_cpu_s"] if hf else None
     return rows
 
 
@@ -205,7 +209,7 @@ def main() -> int:
     print(f"# torch {torch.__version__}, transformers {transformers.__version__}, threads {torch.get_num_threads()}, "
           f"device {args.device}{' (' + torch.cuda.get_device_name() + ')' if args.device.startswith('cuda') else ''}, "
           f"HF attention {args.hf_attn}", file=sys.stderr)
-    header = f"{'shape':<17} {'impl':<9} {'B x T':>9} {'dtype':>5} {'tokens/s':>10} {'median':>10} {'vs HF':>6} {'MFU':>6} {'logit diff':>10}"
+    header = f"{'shape':<17} {'impl':<9} {'B x T':>9} {'dtype':>5} {'tokens/s':>10} {'median':>10} {'vs HF':>6} {'tok/cpu-s':>10} {'vs HF':>6} {'MFU':>6} {'logit diff':>10}"
     if not args.json:
         print(header)
     for shape in args.shapes.split(","):
@@ -214,9 +218,11 @@ def main() -> int:
                 print(json.dumps(row))
                 continue
             vs = f"{row['vs_hf']:.2f}x" if row["vs_hf"] else "-"
+            vs_cpu = f"{row['vs_hf_cpu']:.2f}x" if row["vs_hf_cpu"] else "-"
             mfu = f"{row['mfu']:.1%}" if row["mfu"] is not None else "-"
             print(f"{row['shape']:<17} {row['impl']:<9} {str(row['batch']) + ' x ' + str(row['seq_len']):>9} "
-                  f"{row['dtype']:>5} {row['tokens_per_s']:>10,.0f} {row['tokens_per_s_median']:>10,.0f} {vs:>6} {mfu:>6} {row['max_logit_diff_vs_first']:>10.1e}",
+                  f"{row['dtype']:>5} {row['tokens_per_s']:>10,.0f} {row['tokens_per_s_median']:>10,.0f} {vs:>6} "
+                  f"{row['tokens_per_cpu_s']:>10,.0f} {vs_cpu:>6} {mfu:>6} {row['max_logit_diff_vs_first']:>10.1e}",
                   flush=True)
     return 0
 
