@@ -66,18 +66,40 @@ VARIANTS = [  # label, method, options, timed
 def _cli(*args: str, env: dict | None = None) -> None:
     cmd = [sys.executable, "-m", "gptforge", *args]
     print("$", " ".join(cmd[1:]), file=sys.stderr)
-    subprocess.run(cmd, check=True, env=dict(os.environ, GPTFORGE_DATA_DIR=str(DATA), **(env or {})))
+    subprocess.run(
+        cmd, check=True, env=dict(os.environ, GPTFORGE_DATA_DIR=str(DATA), **(env or {}))
+    )
 
 
 def ensure_trained(work: Path, steps: int) -> tuple[Path, Path]:
     """A gptforge-trained tinyshakespeare char model and its dataset (made once, cached)."""
     data, run = work / "shakespeare-char", work / "run-char"
     if not (data / "meta.json").is_file():
-        _cli("prepare", "--input", str(DATA / "tinyshakespeare.txt"), "--tokenizer", "char", "--out", str(data),
-             "--val-fraction", "0.1")
+        _cli(
+            "prepare",
+            "--input",
+            str(DATA / "tinyshakespeare.txt"),
+            "--tokenizer",
+            "char",
+            "--out",
+            str(data),
+            "--val-fraction",
+            "0.1",
+        )
     if not (run / "final" / "config.json").is_file():
-        _cli("train", "--preset", "shakespeare-char-cpu", "--data", str(data), "--out", str(run), "--overwrite",
-             "--train.max_steps", str(steps), env={"OMP_NUM_THREADS": "1"})
+        _cli(
+            "train",
+            "--preset",
+            "shakespeare-char-cpu",
+            "--data",
+            str(data),
+            "--out",
+            str(run),
+            "--overwrite",
+            "--train.max_steps",
+            str(steps),
+            env={"OMP_NUM_THREADS": "1"},
+        )
     return run, data
 
 
@@ -94,7 +116,7 @@ def gpt2_windows(n: int, length: int) -> torch.Tensor:
     from gptforge.tokenizer import load_tokenizer
 
     text = (DATA / "tinyshakespeare.txt").read_text()
-    ids = load_tokenizer("gpt2").encode(text[int(len(text) * 0.9):])
+    ids = load_tokenizer("gpt2").encode(text[int(len(text) * 0.9) :])
     rows = [ids[i * length : i * length + length + 1] for i in range(n)]
     return torch.tensor(rows, dtype=torch.long)
 
@@ -110,13 +132,17 @@ def _torchao_variants(model: GPT, device: str) -> list[tuple[str, GPT]]:
     try:
         from torchao.quantization import Int4WeightOnlyConfig, Int8WeightOnlyConfig
 
-        configs = [("torchao int8wo", Int8WeightOnlyConfig(), torch.float32),
-                   ("torchao int4wo g=64", Int4WeightOnlyConfig(group_size=64), torch.bfloat16)]
+        configs = [
+            ("torchao int8wo", Int8WeightOnlyConfig(), torch.float32),
+            ("torchao int4wo g=64", Int4WeightOnlyConfig(group_size=64), torch.bfloat16),
+        ]
     except ImportError:  # older torchao spells them as functions
         from torchao.quantization import int4_weight_only, int8_weight_only
 
-        configs = [("torchao int8wo", int8_weight_only(), torch.float32),
-                   ("torchao int4wo g=64", int4_weight_only(group_size=64), torch.bfloat16)]
+        configs = [
+            ("torchao int8wo", int8_weight_only(), torch.float32),
+            ("torchao int4wo g=64", int4_weight_only(group_size=64), torch.bfloat16),
+        ]
     for label, cfg, dtype in configs:
         try:
             m = copy.deepcopy(model).to(device=device, dtype=dtype)
@@ -127,7 +153,9 @@ def _torchao_variants(model: GPT, device: str) -> list[tuple[str, GPT]]:
     return out
 
 
-def bench_model(name: str, base: GPT, windows: torch.Tensor, work: Path, args: argparse.Namespace) -> list[dict]:
+def bench_model(
+    name: str, base: GPT, windows: torch.Tensor, work: Path, args: argparse.Namespace
+) -> list[dict]:
     """Every variant of ``base``: sizes, tokens/s (interleaved), val loss and KL vs fp32."""
     device = args.device
     base = base.to(device).eval()
@@ -143,7 +171,11 @@ def bench_model(name: str, base: GPT, windows: torch.Tensor, work: Path, args: a
             m = load_model(mdir, device=device)  # what is on disk
         q = getattr(m, "quantization", None)
         names = (q["linear"] + q["embedding"]) if q else None
-        row = {"model": name, "variant": label, "file_bytes": (mdir / "model.safetensors").stat().st_size}
+        row = {
+            "model": name,
+            "variant": label,
+            "file_bytes": (mdir / "model.safetensors").stat().st_size,
+        }
         if names:
             row["layers_ratio"] = linear_weight_bytes(m, names) / linear_weight_bytes(base, names)
         rows.append(row)
@@ -186,7 +218,9 @@ def kernel_table(repeats: int = 200) -> list[dict]:
     k4 = int4.Int4CpuKernel(p4, sc4, z4) if int4.Int4CpuKernel.accepts(3072, 768) else None
     paths = {
         "fp32 F.linear": lambda: F.linear(x, w),
-        "int8 kernel (_weight_int8pack_mm, bf16 act.)": lambda: int8.int8_linear_kernel(x, q8, s8b, None),
+        "int8 kernel (_weight_int8pack_mm, bf16 act.)": lambda: int8.int8_linear_kernel(
+            x, q8, s8b, None
+        ),
         "int8 dequantize per call": lambda: int8.int8_linear_reference(x, q8, s8, None),
         "int8 dynamic (_int_mm)": lambda: int8.int8_linear_dynamic(x, q8, s8, None),
         "int4 dequantize per call": lambda: int4.int4_linear_reference(x, p4, sc4, z4, None),
@@ -207,22 +241,44 @@ def kernel_table(repeats: int = 200) -> list[dict]:
 
 
 def _fmt_rows(rows: list[dict]) -> str:
-    head = ["model", "variant", "file MB", "file/fp32", "layers/fp32", "tok/s", "x fp32", "val loss",
-            "d loss", "KL", "top1"]
+    head = [
+        "model",
+        "variant",
+        "file MB",
+        "file/fp32",
+        "layers/fp32",
+        "tok/s",
+        "x fp32",
+        "val loss",
+        "d loss",
+        "KL",
+        "top1",
+    ]
     lines = [head]
     for r in rows:
-        lines.append([
-            r["model"], r["variant"],
-            f"{r['file_bytes'] / 1e6:.2f}" if r["file_bytes"] else "-",
-            f"{r['file_ratio']:.3f}" if r.get("file_ratio") else "-",
-            f"{r['layers_ratio']:.3f}" if "layers_ratio" in r else "-",
-            f"{r['tokens_per_s']:.1f}" if "tokens_per_s" in r else "-",
-            f"{r['speedup']:.2f}" if "speedup" in r else "-",
-            f"{r['val_loss']:.4f}", f"{100 * r['val_loss_rel']:+.2f}%", f"{r['kl']:.2e}", f"{r['top1_agree']:.3f}",
-        ])
+        lines.append(
+            [
+                r["model"],
+                r["variant"],
+                f"{r['file_bytes'] / 1e6:.2f}" if r["file_bytes"] else "-",
+                f"{r['file_ratio']:.3f}" if r.get("file_ratio") else "-",
+                f"{r['layers_ratio']:.3f}" if "layers_ratio" in r else "-",
+                f"{r['tokens_per_s']:.1f}" if "tokens_per_s" in r else "-",
+                f"{r['speedup']:.2f}" if "speedup" in r else "-",
+                f"{r['val_loss']:.4f}",
+                f"{100 * r['val_loss_rel']:+.2f}%",
+                f"{r['kl']:.2e}",
+                f"{r['top1_agree']:.3f}",
+            ]
+        )
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(head))]
-    return "\n".join("  ".join(str(c).rjust(w) if i > 1 else str(c).ljust(w) for i, (c, w) in
-                               enumerate(zip(line, widths))) for line in lines)
+    return "\n".join(
+        "  ".join(
+            str(c).rjust(w) if i > 1 else str(c).ljust(w)
+            for i, (c, w) in enumerate(zip(line, widths))
+        )
+        for line in lines
+    )
 
 
 def check_targets(rows: list[dict]) -> list[str]:
@@ -235,13 +291,25 @@ def check_targets(rows: list[dict]) -> list[str]:
     for model in sorted({r["model"] for r in rows}):
         r8, r4 = by.get((model, "int8")), by.get((model, "int4 g=64"))
         if r8:
-            line(r8["layers_ratio"] <= 0.27, f"{model}: int8 layers {r8['layers_ratio']:.1%} of fp32 (<= 27%)")
+            line(
+                r8["layers_ratio"] <= 0.27,
+                f"{model}: int8 layers {r8['layers_ratio']:.1%} of fp32 (<= 27%)",
+            )
         if r4:
-            line(r4["layers_ratio"] <= 0.16, f"{model}: int4 g=64 layers {r4['layers_ratio']:.1%} of fp32 (<= 16%)")
+            line(
+                r4["layers_ratio"] <= 0.16,
+                f"{model}: int4 g=64 layers {r4['layers_ratio']:.1%} of fp32 (<= 16%)",
+            )
     if ("trained", "int8") in by:
         r8, r4 = by[("trained", "int8")], by[("trained", "int4 g=64")]
-        line(abs(r8["val_loss_rel"]) <= 0.005, f"trained: int8 val loss {100 * r8['val_loss_rel']:+.2f}% (<= 0.5%)")
-        line(abs(r4["val_loss_rel"]) <= 0.03, f"trained: int4 val loss {100 * r4['val_loss_rel']:+.2f}% (<= 3%)")
+        line(
+            abs(r8["val_loss_rel"]) <= 0.005,
+            f"trained: int8 val loss {100 * r8['val_loss_rel']:+.2f}% (<= 0.5%)",
+        )
+        line(
+            abs(r4["val_loss_rel"]) <= 0.03,
+            f"trained: int4 val loss {100 * r4['val_loss_rel']:+.2f}% (<= 3%)",
+        )
     if ("gpt2-124M", "int8") in by and "speedup" in by[("gpt2-124M", "int8")]:
         s = by[("gpt2-124M", "int8")]["speedup"]
         line(s >= 1.3, f"gpt2-124M: int8 decoding {s:.2f}x fp32 tokens/s (>= 1.3x)")
@@ -249,28 +317,48 @@ def check_targets(rows: list[dict]) -> list[str]:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--trained-model", help="a gptforge model/run dir trained on --data (default: train one)")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--trained-model", help="a gptforge model/run dir trained on --data (default: train one)"
+    )
     p.add_argument("--data", help="dataset dir of --trained-model")
-    p.add_argument("--work", default="/tmp/gptforge-bench-quantize", help="cache for the trained model and files")
-    p.add_argument("--train-steps", type=int, default=2000, help="steps when training the model here")
+    p.add_argument(
+        "--work",
+        default="/tmp/gptforge-bench-quantize",
+        help="cache for the trained model and files",
+    )
+    p.add_argument(
+        "--train-steps", type=int, default=2000, help="steps when training the model here"
+    )
     p.add_argument("--skip-gpt2", action="store_true", help="only the trained model")
     p.add_argument("--skip-trained", action="store_true", help="only the gpt2-124M shape")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--repeats", type=int, default=3, help="timing rounds (best of)")
     p.add_argument("--new-tokens", type=int, default=32, help="tokens generated per timing")
-    p.add_argument("--eval-windows", type=int, default=32, help="trained model: val windows (block_size each)")
-    p.add_argument("--gpt2-windows", type=int, default=4, help="gpt2-124M: val windows of 256 tokens")
+    p.add_argument(
+        "--eval-windows", type=int, default=32, help="trained model: val windows (block_size each)"
+    )
+    p.add_argument(
+        "--gpt2-windows", type=int, default=4, help="gpt2-124M: val windows of 256 tokens"
+    )
     p.add_argument("--eval-batch", type=int, default=4)
     p.add_argument("--time-all", action="store_true", help="also time the +emb variants")
-    p.add_argument("--torchao", action="store_true", help="add torchao weight-only rows on CPU too (default: cuda only)")
+    p.add_argument(
+        "--torchao",
+        action="store_true",
+        help="add torchao weight-only rows on CPU too (default: cuda only)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args()
     os.environ.setdefault("GPTFORGE_DATA_DIR", str(DATA))  # the GPT-2 BPE files and the corpus
     import logging
 
-    logging.basicConfig(level=logging.ERROR)  # bench dirs carry no tokenizer.json: no warning about it
+    logging.basicConfig(
+        level=logging.ERROR
+    )  # bench dirs carry no tokenizer.json: no warning about it
     if args.threads:
         torch.set_num_threads(args.threads)
     work = Path(args.work)
@@ -293,15 +381,21 @@ def main() -> int:
         rows += bench_model("gpt2-124M", base, gpt2_windows(args.gpt2_windows, 256), work, args)
     kernels = kernel_table() if args.device == "cpu" else []
     result = {
-        "rows": rows, "kernels": kernels, "targets": check_targets(rows),
-        "torch": torch.__version__, "threads": torch.get_num_threads(), "device": args.device,
+        "rows": rows,
+        "kernels": kernels,
+        "targets": check_targets(rows),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "device": args.device,
         "seconds": round(time.time() - t0, 1),
     }
     if args.json:
         print(json.dumps(result))
         return 0
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}; "
-          f"decode: batch 1, greedy, prompt 16, {args.new_tokens} new tokens, best of {args.repeats}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}; "
+        f"decode: batch 1, greedy, prompt 16, {args.new_tokens} new tokens, best of {args.repeats}"
+    )
     print(_fmt_rows(rows))
     if kernels:
         print("\none 768x3072 layer, batch 1 (best of 3 rounds):")

@@ -23,8 +23,17 @@ def model_and_data(tmp_path_factory, request) -> tuple[Path, Path]:
         pytest.skip(f"shared data not found at {DATA_DIR}")
     root = tmp_path_factory.mktemp("qcli")
     data = root / "data"
-    r = run_cli("prepare", "--input", str(DATA_DIR / "the-verdict.txt"), "--tokenizer", "char",
-                "--out", str(data), "--val-fraction", "0.2")
+    r = run_cli(
+        "prepare",
+        "--input",
+        str(DATA_DIR / "the-verdict.txt"),
+        "--tokenizer",
+        "char",
+        "--out",
+        str(data),
+        "--val-fraction",
+        "0.2",
+    )
     assert r.returncode == 0, r.stderr
     from gptforge.tokenizer import load_tokenizer
 
@@ -57,8 +66,22 @@ def _main(capsys, *args: str) -> str:
 def test_quantize_report_json(model_and_data, tmp_path: Path, capsys) -> None:
     model_dir, data = model_and_data
     out = tmp_path / "q8"
-    stdout = _main(capsys, "quantize", "--model", str(model_dir), "--method", "int8", "--out", str(out),
-                   "--report", "--data", str(data), "--eval-windows", "4", "--json")
+    stdout = _main(
+        capsys,
+        "quantize",
+        "--model",
+        str(model_dir),
+        "--method",
+        "int8",
+        "--out",
+        str(out),
+        "--report",
+        "--data",
+        str(data),
+        "--eval-windows",
+        "4",
+        "--json",
+    )
     rep = json.loads(stdout)
     o, q = rep["original"], rep["quantized"]
     assert rep["quantization"]["method"] == "int8"
@@ -80,13 +103,38 @@ def test_quantize_report_json(model_and_data, tmp_path: Path, capsys) -> None:
 def test_quantize_int4_report_table_and_generate(model_and_data, tmp_path: Path, capsys) -> None:
     model_dir, data = model_and_data
     out = tmp_path / "q4"
-    stdout = _main(capsys, "quantize", "--model", str(model_dir), "--method", "int4", "--group-size", "32",
-                   "--include-embeddings", "--out", str(out), "--data", str(data), "--eval-windows", "2")
+    stdout = _main(
+        capsys,
+        "quantize",
+        "--model",
+        str(model_dir),
+        "--method",
+        "int4",
+        "--group-size",
+        "32",
+        "--include-embeddings",
+        "--out",
+        str(out),
+        "--data",
+        str(data),
+        "--eval-windows",
+        "2",
+    )
     for label in ("model.safetensors", "decode tokens/s", "val loss", "perplexity", "mean KL"):
         assert label in stdout
     # the quantized dir is used transparently by `gptforge generate`
-    stdout = _main(capsys, "generate", "--model", str(out), "--prompt", "I had", "--max-new-tokens", "5",
-                   "--temperature", "0")
+    stdout = _main(
+        capsys,
+        "generate",
+        "--model",
+        str(out),
+        "--prompt",
+        "I had",
+        "--max-new-tokens",
+        "5",
+        "--temperature",
+        "0",
+    )
     assert stdout.strip()
 
 
@@ -99,7 +147,9 @@ def test_quantize_int4_report_table_and_generate(model_and_data, tmp_path: Path,
         (["--method", "int8", "--eval-windows", "0"], "--eval-windows"),
     ],
 )
-def test_bad_input_one_line(model_and_data, tmp_path: Path, cli, args: list[str], needle: str) -> None:
+def test_bad_input_one_line(
+    model_and_data, tmp_path: Path, cli, args: list[str], needle: str
+) -> None:
     model_dir, _ = model_and_data
     out = tmp_path / "out"
     r = cli("quantize", "--model", str(model_dir), "--out", str(out), *args)
@@ -119,5 +169,13 @@ def test_already_quantized_and_existing_output(model_and_data, tmp_path: Path, c
     r = cli("quantize", "--model", str(model_dir), "--method", "int4", "--out", str(q))
     assert "already exists" in _one_error_line(r)
     assert (q / "model.safetensors").read_bytes() == before  # nothing overwritten
-    r = cli("quantize", "--model", str(tmp_path / "missing"), "--method", "int8", "--out", str(tmp_path / "x"))
+    r = cli(
+        "quantize",
+        "--model",
+        str(tmp_path / "missing"),
+        "--method",
+        "int8",
+        "--out",
+        str(tmp_path / "x"),
+    )
     assert "does not exist" in _one_error_line(r)

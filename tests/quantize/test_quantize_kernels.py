@@ -148,11 +148,17 @@ def test_int4_kernel_matches_dequantize_reference(symmetric: bool) -> None:
     ref = x.double() @ deq.double().t()
     y = kernel(x, None)
     # zero + 8 * scale is rounded to bf16 too: allow its rounding on every term
-    zterm = (scales.abs() * 8 + (zeros.abs() if zeros is not None else 0)).repeat_interleave(32, dim=1)
+    zterm = (scales.abs() * 8 + (zeros.abs() if zeros is not None else 0)).repeat_interleave(
+        32, dim=1
+    )
     bound = _bf16_bound(x, deq) + 2.0**-8 * (x.abs() @ zterm.t())
     assert torch.all((y.double() - ref).abs() <= bound.double())
-    torch.testing.assert_close(int4.int4_linear_reference(x, packed, scales, zeros, None), ref.float(),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        int4.int4_linear_reference(x, packed, scales, zeros, None),
+        ref.float(),
+        rtol=1e-5,
+        atol=1e-5,
+    )
 
 
 def test_stored_bytes_meet_size_targets() -> None:

@@ -50,7 +50,9 @@ def trained() -> tuple[GPT, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     T = cfg.block_size
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matmuls: extra threads only add sync cost (10x on a busy machine)
+    torch.set_num_threads(
+        1
+    )  # tiny matmuls: extra threads only add sync cost (10x on a busy machine)
     try:
         for _ in range(150):
             starts = torch.randint(0, len(train) - T - 1, (16,), generator=g)
@@ -68,12 +70,18 @@ def trained() -> tuple[GPT, torch.Tensor]:
 
 
 @torch.no_grad()
-def _loss_and_kl(ref: nn.Module, other: nn.Module, windows: torch.Tensor) -> tuple[float, float, float]:
+def _loss_and_kl(
+    ref: nn.Module, other: nn.Module, windows: torch.Tensor
+) -> tuple[float, float, float]:
     x, y = windows[:, :-1], windows[:, 1:]
     lp_r = F.log_softmax(ref(x).float(), -1)
     lp_o = F.log_softmax(other(x).float(), -1)
     kl = (lp_r.exp() * (lp_r - lp_o)).sum(-1).mean().item()
-    return F.nll_loss(lp_r.flatten(0, 1), y.reshape(-1)).item(), F.nll_loss(lp_o.flatten(0, 1), y.reshape(-1)).item(), kl
+    return (
+        F.nll_loss(lp_r.flatten(0, 1), y.reshape(-1)).item(),
+        F.nll_loss(lp_o.flatten(0, 1), y.reshape(-1)).item(),
+        kl,
+    )
 
 
 def test_trained_fixture_learned_something(trained) -> None:
@@ -92,9 +100,13 @@ def test_quantized_logits_close_to_float(trained, method: str) -> None:
     assert kl > 0  # it did change the model
 
 
-@pytest.mark.parametrize("method,kw", [("int8", {}), ("int4", {"group_size": 32}),
-                                       ("int4", {"group_size": 64, "symmetric": True})])
-def test_module_swap_equals_float_model_with_dequantized_weights(trained, method: str, kw: dict) -> None:
+@pytest.mark.parametrize(
+    "method,kw",
+    [("int8", {}), ("int4", {"group_size": 32}), ("int4", {"group_size": 64, "symmetric": True})],
+)
+def test_module_swap_equals_float_model_with_dequantized_weights(
+    trained, method: str, kw: dict
+) -> None:
     """Reference: a float GPT whose Linear weights are replaced by the dequantized ones."""
     model, windows = trained
     q = set_backend(quantize(copy.deepcopy(model), method, **kw), "reference")
@@ -109,7 +121,9 @@ def test_module_swap_equals_float_model_with_dequantized_weights(trained, method
     torch.testing.assert_close(q(x), ref(x), rtol=1e-5, atol=1e-5)
     # greedy generation through the engine (KV cache) gives the same tokens as the reference
     prompt = windows[:1, :8]
-    assert torch.equal(q.generate(prompt, 12, temperature=0.0), ref.generate(prompt, 12, temperature=0.0))
+    assert torch.equal(
+        q.generate(prompt, 12, temperature=0.0), ref.generate(prompt, 12, temperature=0.0)
+    )
 
 
 def test_embeddings_and_tied_head_share_one_quantized_tensor(trained, tmp_path: Path) -> None:
@@ -130,8 +144,13 @@ def test_embeddings_and_tied_head_share_one_quantized_tensor(trained, tmp_path: 
 
 @pytest.mark.parametrize(
     "method,kw",
-    [("int8", {}), ("int8-dynamic", {}), ("int4", {"group_size": 32}),
-     ("int4", {"group_size": 64, "include_embeddings": True}), ("int8", {"include_lm_head": True})],
+    [
+        ("int8", {}),
+        ("int8-dynamic", {}),
+        ("int4", {"group_size": 32}),
+        ("int4", {"group_size": 64, "include_embeddings": True}),
+        ("int8", {"include_lm_head": True}),
+    ],
 )
 def test_save_load_gives_identical_logits(trained, tmp_path: Path, method: str, kw: dict) -> None:
     model, windows = trained
@@ -141,7 +160,8 @@ def test_save_load_gives_identical_logits(trained, tmp_path: Path, method: str, 
     assert loaded.quantization == q.quantization
     assert loaded.extra_config["quantization"]["method"] == method
     assert {n for n, m in loaded.named_modules() if isinstance(m, QuantLinear)} == {
-        n for n, m in q.named_modules() if isinstance(m, QuantLinear)}
+        n for n, m in q.named_modules() if isinstance(m, QuantLinear)
+    }
     x = windows[:4, :-1]
     assert torch.equal(loaded(x), q(x))
     sd_a, sd_b = q.state_dict(), loaded.state_dict()
@@ -153,8 +173,10 @@ def test_quantized_file_is_smaller(trained, tmp_path: Path) -> None:
     save_model(model, tmp_path / "f")
     sizes = {}
     for method in ("int8", "int4"):
-        save_quantized(quantize(copy.deepcopy(model), method, group_size=32, include_embeddings=True),
-                       tmp_path / method)
+        save_quantized(
+            quantize(copy.deepcopy(model), method, group_size=32, include_embeddings=True),
+            tmp_path / method,
+        )
         sizes[method] = (tmp_path / method / "model.safetensors").stat().st_size
     full = (tmp_path / "f" / "model.safetensors").stat().st_size
     assert sizes["int4"] < sizes["int8"] < 0.4 * full
@@ -175,4 +197,6 @@ def test_bad_requests_raise_clear_errors(trained) -> None:
     with pytest.raises(ModelError, match="not quantized"):
         save_quantized(f, "/nonexistent/never")
     # nothing was changed by the failed calls
-    assert all(isinstance(m, nn.Linear) for n, m in f.named_modules() if n.endswith(("c_fc", "c_attn")))
+    assert all(
+        isinstance(m, nn.Linear) for n, m in f.named_modules() if n.endswith(("c_fc", "c_attn"))
+    )

@@ -22,25 +22,44 @@ from pathlib import Path
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("--model", required=True, help="model dir, run dir or GPT-2 folder to quantize")
     parser.add_argument(
-        "--method", required=True,
+        "--model", required=True, help="model dir, run dir or GPT-2 folder to quantize"
+    )
+    parser.add_argument(
+        "--method",
+        required=True,
         help="int8 (per-output-channel absmax), int4 (group-wise), or int8-dynamic "
         "(int8 weights, activations quantized per token at run time)",
     )
-    parser.add_argument("--group-size", type=int, default=64, help="int4 group size along the input: 32, 64 or 128")
-    parser.add_argument("--symmetric", action="store_true",
-                        help="int4: symmetric groups (scale only) instead of asymmetric (scale + zero)")
-    parser.add_argument("--include-embeddings", action="store_true",
-                        help="also quantize the token and position embeddings (with tied weights: the LM head too)")
+    parser.add_argument(
+        "--group-size", type=int, default=64, help="int4 group size along the input: 32, 64 or 128"
+    )
+    parser.add_argument(
+        "--symmetric",
+        action="store_true",
+        help="int4: symmetric groups (scale only) instead of asymmetric (scale + zero)",
+    )
+    parser.add_argument(
+        "--include-embeddings",
+        action="store_true",
+        help="also quantize the token and position embeddings (with tied weights: the LM head too)",
+    )
     parser.add_argument("--include-lm-head", action="store_true", help="also quantize the LM head")
     parser.add_argument("--out", required=True, help="output model dir")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    parser.add_argument("--report", action="store_true",
-                        help="compare original and quantized: sizes, tokens/s (and quality with --data)")
-    parser.add_argument("--data", help="dataset dir (gptforge prepare) for val loss, perplexity and KL; implies --report")
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="compare original and quantized: sizes, tokens/s (and quality with --data)",
+    )
+    parser.add_argument(
+        "--data",
+        help="dataset dir (gptforge prepare) for val loss, perplexity and KL; implies --report",
+    )
     parser.add_argument("--split", default="val", help="dataset split to evaluate on (default val)")
-    parser.add_argument("--eval-windows", type=int, default=16, help="block_size windows to evaluate (default 16)")
+    parser.add_argument(
+        "--eval-windows", type=int, default=16, help="block_size windows to evaluate (default 16)"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
@@ -55,7 +74,9 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and not args.overwrite:
         raise GptforgeError(f"output {out} already exists; pass --overwrite or choose another path")
     if out.resolve() == Path(args.model).resolve():
-        raise GptforgeError("--out is the same path as --model; write the quantized model to a new dir")
+        raise GptforgeError(
+            "--out is the same path as --model; write the quantized model to a new dir"
+        )
 
     import copy
 
@@ -72,14 +93,20 @@ def run(args: argparse.Namespace) -> int:
     if is_quantized(original):
         from gptforge.errors import ModelError
 
-        raise ModelError(f"{args.model} is already quantized; quantize the original float model instead")
+        raise ModelError(
+            f"{args.model} is already quantized; quantize the original float model instead"
+        )
     if dataset is not None and getattr(original, "tokenizer", None) is not None:
         dataset.check_compatible(original.tokenizer)
     report_wanted = args.report or dataset is not None
     work = copy.deepcopy(original) if report_wanted else original
     quantized = quantize(
-        work, args.method, group_size=args.group_size, include_embeddings=args.include_embeddings,
-        include_lm_head=args.include_lm_head, symmetric=args.symmetric,
+        work,
+        args.method,
+        group_size=args.group_size,
+        include_embeddings=args.include_embeddings,
+        include_lm_head=args.include_lm_head,
+        symmetric=args.symmetric,
     )
     with atomic_dir(out, overwrite=args.overwrite) as tmp:
         save_quantized(quantized, tmp, tokenizer=getattr(original, "tokenizer", None))
@@ -88,8 +115,12 @@ def run(args: argparse.Namespace) -> int:
 
     if not report_wanted:
         size, before = file_size(out), file_size(original.model_dir)
-        result = {"out": str(out), "quantization": quantized.quantization, "file_bytes": size,
-                  "original_file_bytes": before}
+        result = {
+            "out": str(out),
+            "quantization": quantized.quantization,
+            "file_bytes": size,
+            "original_file_bytes": before,
+        }
         if args.json:
             print(json.dumps(result))
         else:
@@ -101,7 +132,12 @@ def run(args: argparse.Namespace) -> int:
 
     reloaded = load_model(out)  # measure exactly what was written
     report = build_report(
-        original, reloaded, original.model_dir, out, dataset=dataset, split=args.split,
+        original,
+        reloaded,
+        original.model_dir,
+        out,
+        dataset=dataset,
+        split=args.split,
         max_windows=args.eval_windows,
     )
     report["out"] = str(out)

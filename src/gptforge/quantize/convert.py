@@ -57,7 +57,11 @@ def _targets(
 ) -> tuple[list[str], list[str], bool]:
     """(linear module names, embedding module names, tied head) to quantize."""
     tied = bool(model.config.tie_weights) and model.lm_head.weight is model.transformer.wte.weight
-    linear = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n.startswith("transformer.h.")]
+    linear = [
+        n
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Linear) and n.startswith("transformer.h.")
+    ]
     embedding: list[str] = []
     tied_head = False
     if tied and (include_embeddings or include_lm_head):
@@ -87,10 +91,25 @@ def _check_widths(model: GPT, names: list[str], group_size: int) -> None:
         if width % group_size:
             bad.append(f"{name} (width {width})")
     if bad:
-        ok = [g for g in GROUP_SIZES if all(
-            (model.get_submodule(n).in_features if isinstance(model.get_submodule(n), nn.Linear)
-             else model.get_submodule(n).embedding_dim) % g == 0 for n in names)]
-        hint = f"use --group-size {ok[0]}" if ok else "no supported group size (32, 64, 128) divides these widths; use int8"
+        ok = [
+            g
+            for g in GROUP_SIZES
+            if all(
+                (
+                    model.get_submodule(n).in_features
+                    if isinstance(model.get_submodule(n), nn.Linear)
+                    else model.get_submodule(n).embedding_dim
+                )
+                % g
+                == 0
+                for n in names
+            )
+        ]
+        hint = (
+            f"use --group-size {ok[0]}"
+            if ok
+            else "no supported group size (32, 64, 128) divides these widths; use int8"
+        )
         raise ModelError(
             f"int4 group size {group_size} does not divide the input width of {', '.join(bad[:3])}"
             f"{' ...' if len(bad) > 3 else ''}; {hint}"
@@ -123,7 +142,9 @@ def quantize(
     model = unwrap_model(model)
     check_method(method, group_size)
     if is_quantized(model):
-        raise ModelError("this model is already quantized; quantize the original float model instead")
+        raise ModelError(
+            "this model is already quantized; quantize the original float model instead"
+        )
     if not isinstance(model, GPT):
         raise ModelError(f"expected a gptforge GPT model, got {type(model).__name__}")
     linear, embedding, tied_head = _targets(model, include_embeddings, include_lm_head)
@@ -132,7 +153,9 @@ def quantize(
     with torch.no_grad():
         for name in embedding:
             emb = model.get_submodule(name)
-            _set_module(model, name, QuantEmbedding.from_embedding(emb, method, group_size, symmetric))
+            _set_module(
+                model, name, QuantEmbedding.from_embedding(emb, method, group_size, symmetric)
+            )
         if tied_head:
             _set_module(model, "lm_head", QuantLinear.tied(model.transformer.wte))
         for name in linear:
@@ -143,7 +166,12 @@ def quantize(
 
 
 def describe(
-    method: str, group_size: int, symmetric: bool, linear: list[str], embedding: list[str], tied_head: bool
+    method: str,
+    group_size: int,
+    symmetric: bool,
+    linear: list[str],
+    embedding: list[str],
+    tied_head: bool,
 ) -> dict[str, Any]:
     """The ``quantization`` entry of config.json."""
     return {
@@ -178,7 +206,9 @@ def save_quantized(model: GPT, out_dir: str | Path, tokenizer: Any = None) -> Pa
     quant = getattr(model, "quantization", None)
     if quant is None:
         raise ModelError("this model is not quantized; call quantize(model, method) first")
-    extra = {k: v for k, v in (getattr(model, "extra_config", None) or {}).items() if k != "quantization"}
+    extra = {
+        k: v for k, v in (getattr(model, "extra_config", None) or {}).items() if k != "quantization"
+    }
     extra["quantization"] = quant
     return save_model(model, out_dir, tokenizer=tokenizer, extra_config=extra)
 
@@ -208,16 +238,33 @@ def load_quantized(gpt_config: GPTConfig, config: dict, model_dir: Path) -> GPT 
     try:
         for name in quant.get("embedding", []):
             emb = model.get_submodule(name)
-            _set_module(model, name, QuantEmbedding.empty(
-                emb.num_embeddings, emb.embedding_dim, method, group_size, symmetric))
+            _set_module(
+                model,
+                name,
+                QuantEmbedding.empty(
+                    emb.num_embeddings, emb.embedding_dim, method, group_size, symmetric
+                ),
+            )
         if quant.get("tied_lm_head"):
             _set_module(model, "lm_head", QuantLinear.tied(model.transformer.wte))
         for name in quant.get("linear", []):
             lin = model.get_submodule(name)
-            _set_module(model, name, QuantLinear.empty(
-                lin.in_features, lin.out_features, lin.bias is not None, method, group_size, symmetric))
+            _set_module(
+                model,
+                name,
+                QuantLinear.empty(
+                    lin.in_features,
+                    lin.out_features,
+                    lin.bias is not None,
+                    method,
+                    group_size,
+                    symmetric,
+                ),
+            )
     except AttributeError as e:
-        raise ModelError(f"{source}: the quantized module list does not fit the model config ({e})") from None
+        raise ModelError(
+            f"{source}: the quantized module list does not fit the model config ({e})"
+        ) from None
     state = strip_wrapper_prefixes(load_safetensors(model_dir / "model.safetensors"))
     head_float = isinstance(model.lm_head, nn.Linear)
     if gpt_config.tie_weights and head_float and "transformer.wte.weight" in state:

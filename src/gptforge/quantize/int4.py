@@ -36,7 +36,6 @@ import torch.nn.functional as F
 logger = logging.getLogger(__name__)
 
 
-
 def pack_int4(q: torch.Tensor) -> torch.Tensor:
     """Pack values 0..15, (N, K) with K even, into bytes (N, K / 2): low nibble = even index."""
     q = q.to(torch.uint8)
@@ -86,7 +85,9 @@ def dequantize_int4(
     N, G = scales.shape
     q = unpack_int4(packed).view(N, G, -1).to(torch.float32)  # (N, G, g)
     s = scales.to(torch.float32)[..., None]  # (N, G, 1)
-    w = q * s + zeros.to(torch.float32)[..., None] if zeros is not None else (q - 8) * s  # (N, G, g)
+    w = (
+        q * s + zeros.to(torch.float32)[..., None] if zeros is not None else (q - 8) * s
+    )  # (N, G, g)
     return w.view(N, -1).to(dtype)
 
 
@@ -117,15 +118,22 @@ class Int4CpuKernel:
     ``zero + 8 * scale`` (asymmetric) or 0 (symmetric).
     """
 
-    def __init__(self, packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None) -> None:
+    def __init__(
+        self, packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None
+    ) -> None:
         N, G = scales.shape
         self.group_size = packed.shape[1] * 2 // G
         self.out_features = N
         q = unpack_int4(packed).to(torch.int32)  # (N, K) 0..15
         self.weight = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.contiguous(), 1)
-        kzero = zeros.float() + 8 * scales.float() if zeros is not None else torch.zeros_like(scales)
+        kzero = (
+            zeros.float() + 8 * scales.float() if zeros is not None else torch.zeros_like(scales)
+        )
         self.scale_zeros = (
-            torch.stack((scales.float(), kzero.float()), dim=-1).transpose(0, 1).contiguous().to(torch.bfloat16)
+            torch.stack((scales.float(), kzero.float()), dim=-1)
+            .transpose(0, 1)
+            .contiguous()
+            .to(torch.bfloat16)
         )  # (G, N, 2)
 
     @staticmethod
@@ -135,7 +143,9 @@ class Int4CpuKernel:
     def __call__(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, shape[-1]).to(torch.bfloat16)  # (M, K)
-        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.weight, self.group_size, self.scale_zeros)
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(
+            x2, self.weight, self.group_size, self.scale_zeros
+        )
         y = y.to(x.dtype)  # (M, N)
         if bias is not None:
             y = y + bias.to(x.dtype)

@@ -43,7 +43,9 @@ def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, scales
 
 
-def dequantize_int8(q: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def dequantize_int8(
+    q: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """``q * scales`` per row: (N, K) in ``dtype``."""
     return (q.to(torch.float32) * scales.to(torch.float32)[:, None]).to(dtype)
 
@@ -57,7 +59,9 @@ def int8_linear_reference(
     x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None
 ) -> torch.Tensor:
     """``x @ (q * s).T + bias`` computed from the dequantized weight. x (..., K) -> (..., N)."""
-    return F.linear(x, dequantize_int8(q, scales, x.dtype), None if bias is None else bias.to(x.dtype))
+    return F.linear(
+        x, dequantize_int8(q, scales, x.dtype), None if bias is None else bias.to(x.dtype)
+    )
 
 
 def int8_linear_kernel(

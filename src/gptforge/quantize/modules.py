@@ -46,7 +46,12 @@ def quantize_weight(
 
 
 def empty_tensors(
-    n: int, k: int, method: str, group_size: int, symmetric: bool, device: torch.device | str = "cpu"
+    n: int,
+    k: int,
+    method: str,
+    group_size: int,
+    symmetric: bool,
+    device: torch.device | str = "cpu",
 ) -> dict[str, torch.Tensor]:
     """Uninitialised stored tensors of the right shapes (filled by ``load_state_dict``)."""
     if method == "int4":
@@ -158,12 +163,23 @@ class QuantLinear(_QuantWeight):
         super().__init__(out_features, in_features, method, group_size, symmetric)
         self.in_features = in_features
         self.out_features = out_features
-        self.register_buffer("bias", torch.zeros(out_features) if bias else None)  # float, not quantized
+        self.register_buffer(
+            "bias", torch.zeros(out_features) if bias else None
+        )  # float, not quantized
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, method: str, group_size: int = 64, symmetric: bool = False) -> QuantLinear:
+    def from_linear(
+        cls, linear: nn.Linear, method: str, group_size: int = 64, symmetric: bool = False
+    ) -> QuantLinear:
         """Quantize an ``nn.Linear`` (its weight (N, K); the bias stays float)."""
-        m = cls(linear.in_features, linear.out_features, linear.bias is not None, method, group_size, symmetric)
+        m = cls(
+            linear.in_features,
+            linear.out_features,
+            linear.bias is not None,
+            method,
+            group_size,
+            symmetric,
+        )
         m._set_tensors(quantize_weight(linear.weight, method, group_size, symmetric))
         if linear.bias is not None:
             m.bias = linear.bias.detach().float().clone()
@@ -171,7 +187,13 @@ class QuantLinear(_QuantWeight):
 
     @classmethod
     def empty(
-        cls, in_features: int, out_features: int, bias: bool, method: str, group_size: int, symmetric: bool
+        cls,
+        in_features: int,
+        out_features: int,
+        bias: bool,
+        method: str,
+        group_size: int,
+        symmetric: bool,
     ) -> QuantLinear:
         """A module with uninitialised tensors, to be filled from a state dict."""
         m = cls(in_features, out_features, bias, method, group_size, symmetric)
@@ -181,14 +203,24 @@ class QuantLinear(_QuantWeight):
     @classmethod
     def tied(cls, embedding: QuantEmbedding, bias: bool = False) -> QuantLinear:
         """An LM head that reads the quantized token embedding's tensors (tied weights)."""
-        m = cls(embedding.embedding_dim, embedding.num_embeddings, bias, embedding.method,
-                embedding.group_size or 64, embedding.symmetric)
+        m = cls(
+            embedding.embedding_dim,
+            embedding.num_embeddings,
+            bias,
+            embedding.method,
+            embedding.group_size or 64,
+            embedding.symmetric,
+        )
         m._tied_to.append(embedding)
         return m
 
     def _kernel(self, x: torch.Tensor):
         """The prepared CPU kernel call for this weight, or None when it does not apply."""
-        if self.backend != "auto" or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16):
+        if (
+            self.backend != "auto"
+            or x.device.type != "cpu"
+            or x.dtype not in (torch.float32, torch.bfloat16)
+        ):
             return None
         q, s, z = self.tensors()
         key = (q.data_ptr(), s.data_ptr(), None if z is None else z.data_ptr())
@@ -201,7 +233,9 @@ class QuantLinear(_QuantWeight):
 
             def fn(x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
                 return int8.int8_linear_kernel(x, q, s_bf16, bias)
-        elif self.method == "int4" and int4.Int4CpuKernel.accepts(self.out_features, self.in_features):
+        elif self.method == "int4" and int4.Int4CpuKernel.accepts(
+            self.out_features, self.in_features
+        ):
             fn = int4.Int4CpuKernel(q, s, z)
         self._kernel_cache = (key, fn)
         return fn
@@ -219,17 +253,28 @@ class QuantLinear(_QuantWeight):
         return int8.int8_linear_reference(x, q, s, self.bias)
 
     def extra_repr(self) -> str:
-        g = f", group_size={self.group_size}, symmetric={self.symmetric}" if self.method == "int4" else ""
+        g = (
+            f", group_size={self.group_size}, symmetric={self.symmetric}"
+            if self.method == "int4"
+            else ""
+        )
         tied = ", tied" if self._tied_to else ""
-        return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias is not None}, method={self.method}{g}{tied}")
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.bias is not None}, method={self.method}{g}{tied}"
+        )
 
 
 class QuantEmbedding(_QuantWeight):
     """``nn.Embedding`` with quantized rows: a lookup dequantizes only the rows it reads."""
 
     def __init__(
-        self, num_embeddings: int, embedding_dim: int, method: str, group_size: int = 64, symmetric: bool = False
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        method: str,
+        group_size: int = 64,
+        symmetric: bool = False,
     ) -> None:
         # "int8-dynamic" is about activations; an embedding has none, so it stores plain int8.
         super().__init__(num_embeddings, embedding_dim, method, group_size, symmetric)
@@ -263,5 +308,9 @@ class QuantEmbedding(_QuantWeight):
         return rows.view(*idx.shape, self.embedding_dim)
 
     def extra_repr(self) -> str:
-        g = f", group_size={self.group_size}, symmetric={self.symmetric}" if self.method == "int4" else ""
+        g = (
+            f", group_size={self.group_size}, symmetric={self.symmetric}"
+            if self.method == "int4"
+            else ""
+        )
         return f"{self.num_embeddings}, {self.embedding_dim}, method={self.method}{g}"

@@ -91,7 +91,10 @@ def eval_windows(tokens: np.ndarray, block_size: int, max_windows: int) -> torch
             f"the evaluation split has {len(tokens)} tokens, fewer than one window of "
             f"{block_size + 1}; prepare more data or a larger --val-fraction"
         )
-    rows = [np.asarray(tokens[i * block_size : i * block_size + block_size + 1], dtype=np.int64) for i in range(n)]
+    rows = [
+        np.asarray(tokens[i * block_size : i * block_size + block_size + 1], dtype=np.int64)
+        for i in range(n)
+    ]
     return torch.from_numpy(np.stack(rows))
 
 
@@ -157,7 +160,9 @@ def build_report(
     windows = None
     if dataset is not None:
         if split not in dataset.splits:
-            raise DataError(f"dataset {dataset.path} has no {split!r} split (it has {', '.join(dataset.splits)})")
+            raise DataError(
+                f"dataset {dataset.path} has no {split!r} split (it has {', '.join(dataset.splits)})"
+            )
         if dataset.vocab_size > original.config.vocab_size:
             raise DataError(
                 f"dataset {dataset.path} has vocab {dataset.vocab_size} but the model only "
@@ -167,10 +172,18 @@ def build_report(
         windows = eval_windows(toks, block, max_windows)
         prompt = windows[:1, :prompt_len]
     else:
-        prompt = torch.randint(0, original.config.vocab_size, (1, prompt_len), generator=torch.Generator().manual_seed(0))
+        prompt = torch.randint(
+            0,
+            original.config.vocab_size,
+            (1, prompt_len),
+            generator=torch.Generator().manual_seed(0),
+        )
     new_tokens = max(1, min(new_tokens, block - prompt_len))
     rows: dict[str, dict[str, Any]] = {}
-    for label, model, mdir in (("original", original, original_dir), ("quantized", quantized, quantized_dir)):
+    for label, model, mdir in (
+        ("original", original, original_dir),
+        ("quantized", quantized, quantized_dir),
+    ):
         rows[label] = {
             "file_bytes": file_size(mdir),
             "tensor_bytes": tensor_bytes(model),
@@ -186,16 +199,26 @@ def build_report(
     quality = None
     if windows is not None:
         quality = compare_quality(original, quantized, windows)
-        rows["original"].update(val_loss=quality["loss_original"], perplexity=quality["ppl_original"], kl=0.0)
-        rows["quantized"].update(val_loss=quality["loss_quantized"], perplexity=quality["ppl_quantized"],
-                                 kl=quality["kl"])
+        rows["original"].update(
+            val_loss=quality["loss_original"], perplexity=quality["ppl_original"], kl=0.0
+        )
+        rows["quantized"].update(
+            val_loss=quality["loss_quantized"],
+            perplexity=quality["ppl_quantized"],
+            kl=quality["kl"],
+        )
     return {
         "quantization": quant,
         "original": rows["original"],
         "quantized": rows["quantized"],
         "eval_tokens": quality["tokens"] if quality else 0,
         "top1_agreement": quality["agree"] if quality else None,
-        "decode": {"prompt_tokens": prompt_len, "new_tokens": new_tokens, "batch_size": 1, "greedy": True},
+        "decode": {
+            "prompt_tokens": prompt_len,
+            "new_tokens": new_tokens,
+            "batch_size": 1,
+            "greedy": True,
+        },
     }
 
 
@@ -219,7 +242,11 @@ def format_report(report: dict[str, Any]) -> str:
 
     row("model.safetensors", "file_bytes", _mb)
     row("all tensors", "tensor_bytes", _mb)
-    row(f"quantized layers' weights ({len(qc['linear']) + len(qc['embedding'])})", "quantized_layers_bytes", _mb)
+    row(
+        f"quantized layers' weights ({len(qc['linear']) + len(qc['embedding'])})",
+        "quantized_layers_bytes",
+        _mb,
+    )
     row("decode tokens/s (batch 1, greedy)", "tokens_per_s", lambda v: f"{v:.1f}")
     row("val loss", "val_loss", lambda v: f"{v:.4f}")
     row("perplexity", "perplexity", lambda v: f"{v:.3f}")
@@ -229,5 +256,8 @@ def format_report(report: dict[str, Any]) -> str:
     widths = [max(len(r[i]) for r in lines) for i in range(4)]
     method = qc["method"] + (f", group size {qc['group_size']}" if qc.get("group_size") else "")
     head = f"quantization: {method}; {report['eval_tokens']} eval tokens"
-    body = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in lines]
+    body = [
+        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+        for r in lines
+    ]
     return "\n".join([head, *body])

@@ -16,7 +16,9 @@ def check_method(method: str, group_size: int) -> None:
     if method not in METHODS:
         close = difflib.get_close_matches(method, METHODS, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"unknown quantization method {method!r}: expected one of {', '.join(METHODS)}{hint}")
+        raise ConfigError(
+            f"unknown quantization method {method!r}: expected one of {', '.join(METHODS)}{hint}"
+        )
     if method == "int4" and group_size not in GROUP_SIZES:
         raise ConfigError(
             f"group size {group_size} is not supported: expected one of {', '.join(map(str, GROUP_SIZES))}"
