@@ -187,6 +187,8 @@ def apply(cfg: T, mapping: Mapping[str, Any] | None, source: str = "config") -> 
     """
     if not mapping:
         return _revalidate(cfg, source)
+    if not isinstance(mapping, Mapping):  # e.g. `model: 3` in a YAML/JSON file
+        raise ConfigError(f"{source}: expected a mapping of keys to values, got {type(mapping).__name__} {mapping!r}")
     flat = _flatten(mapping)
     problems: list[str] = []
     if _is_composite(cfg):

@@ -398,6 +398,13 @@ def prepare(
     return meta
 
 
+def _fraction_text(split: str, opts: PrepareOptions) -> str:
+    """``--val-fraction 0.1``; train has no flag of its own (it gets what val and test leave)."""
+    if split == "train":
+        return f"train gets 1 - --val-fraction - --test-fraction = {1 - opts.val_fraction - opts.test_fraction:g}"
+    return f"--{split}-fraction {getattr(opts, split + '_fraction')}"
+
+
 def _check_splits(splits: dict[str, dict[str, Any]], plan: _Plan, opts: PrepareOptions) -> None:
     """Every split asked for must hold at least one training window (``block_size + 1`` tokens)."""
     need = (opts.block_size or 1) + 1
@@ -409,7 +416,7 @@ def _check_splits(splits: dict[str, dict[str, Any]], plan: _Plan, opts: PrepareO
         if info["tokens"] == 0 and plan.method == "hash":
             raise DataError(
                 f"the {name} split is empty: none of the {sum(s['documents'] for s in splits.values())} documents "
-                f"was drawn for it (--{name}-fraction {getattr(opts, name + '_fraction')}); add documents, "
+                f"was drawn for it ({_fraction_text(name, opts)}); add documents, "
                 f"raise the fraction, or change --seed"
             )
         if longest < need:

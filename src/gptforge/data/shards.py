@@ -184,6 +184,10 @@ def _bad(path: Path, problem: str) -> DataError:
     )
 
 
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def validate_meta(path: Path, meta: Any) -> dict[str, Any]:
     """Check the fields every reader relies on, with an error that names the file and the fix."""
     if not isinstance(meta, dict):
@@ -212,6 +216,10 @@ def validate_meta(path: Path, meta: Any) -> dict[str, Any]:
         for entry in info["shards"]:
             if not isinstance(entry, dict) or "file" not in entry or "tokens" not in entry:
                 raise _bad(path, f"split {split!r} has a shard entry without 'file' and 'tokens'")
+            if not isinstance(entry["file"], str) or Path(entry["file"]).name != entry["file"] or not entry["file"]:
+                raise _bad(path, f"split {split!r} shard file {entry['file']!r} is not a file name in the dataset dir")
+            if not _is_count(entry["tokens"]):
+                raise _bad(path, f"split {split!r} shard {entry['file']} has tokens {entry['tokens']!r}, not a count")
             f = path / entry["file"]
             if not f.is_file():
                 raise DataError(
@@ -227,7 +235,7 @@ def validate_meta(path: Path, meta: Any) -> dict[str, Any]:
                     "changed, re-create the dataset with `gptforge prepare --overwrite`"
                 )
             total += int(entry["tokens"])
-        if int(info.get("tokens", total)) != total:
+        if not _is_count(info.get("tokens", total)) or int(info.get("tokens", total)) != total:
             raise _bad(
                 path,
                 f"split {split!r} says {info.get('tokens')} tokens but its shards hold {total}",

@@ -168,8 +168,14 @@ def _build_from_config(gpt_config: GPTConfig, config: dict, model_dir: Path) -> 
         model = hook(gpt_config, config, model_dir)
         if model is not None:
             return model
-    with torch.device("meta"):
-        model = GPT(gpt_config)
+    try:
+        with torch.device("meta"):  # no memory yet: shapes are checked against the file first
+            model = GPT(gpt_config)
+    except (RuntimeError, OverflowError, TypeError, ValueError) as e:  # sizes past what torch can express
+        raise ModelError(
+            f"{model_dir / 'config.json'} describes a model that cannot be built ({str(e).splitlines()[0]}); "
+            "check its vocab_size, block_size, n_embd, n_layer and n_head"
+        ) from None
     state = strip_wrapper_prefixes(load_safetensors(model_dir / "model.safetensors"))
     if gpt_config.tie_weights:
         state.setdefault("lm_head.weight", state.get("transformer.wte.weight"))
