@@ -62,34 +62,53 @@ def test_signal_saves_a_checkpoint_and_resume_continues(
     assert summary["step"] == state["step"] + 2 and summary["final"] == str(run / "final")
 
 
-def test_bad_input_gives_one_line(char_data: Path, tmp_path: Path, cli) -> None:
+def _main(capsys: pytest.CaptureFixture, *argv: str) -> subprocess.CompletedProcess:
+    """`gptforge ARGV` in this process (no torch import per call), as a CompletedProcess."""
+    import logging
+
+    from gptforge.cli.main import main
+
+    log = logging.getLogger("gptforge")  # main() sets up logging; put it back for later tests (caplog)
+    saved = (log.handlers[:], log.propagate, log.level)
+    capsys.readouterr()
+    try:
+        code = main(list(argv))
+    finally:
+        log.handlers[:], log.propagate, log.level = saved
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(argv, code, captured.out, captured.err)
+
+
+def test_bad_input_gives_one_line(char_data: Path, tmp_path: Path, cli, capsys: pytest.CaptureFixture) -> None:
     from conftest import write_char_dataset
 
     run = tmp_path / "run"
-    ok = cli("train", "--data", str(char_data), "--out", str(run), *TINY_FLAGS, "--train.max_steps", "2",
-             "--log.progress", "false")
+    ok = _main(capsys, "train", "--data", str(char_data), "--out", str(run), *TINY_FLAGS, "--train.max_steps", "2",
+               "--log.progress", "false")
     assert ok.returncode == 0, ok.stderr
     before = sorted(p.name for p in run.rglob("*"))
 
+    # through a real subprocess: the exit code and stderr a shell sees
     _one_error_line(cli("train", "--data", str(char_data), "--out", str(run), *TINY_FLAGS), "already exists",
                     "--overwrite")
     assert sorted(p.name for p in run.rglob("*")) == before  # nothing touched
-    _one_error_line(cli("train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r2")),
-                    "dataset dir not found", "gptforge prepare")
     _one_error_line(cli("train", "--data", str(char_data), "--out", str(tmp_path / "r3"), "--train.max_step", "5"),
                     "did you mean 'train.max_steps'")
-    _one_error_line(cli("train", "--preset", "shakespeare-char-cpux", "--data", str(char_data), "--out",
-                        str(tmp_path / "r4")), "did you mean 'shakespeare-char-cpu'")
-    _one_error_line(cli("train", "--resume", str(tmp_path / "missing")), "does not exist")
+    # the rest in-process (same main(), same error handling)
+    _one_error_line(_main(capsys, "train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r2")),
+                    "dataset dir not found", "gptforge prepare")
+    _one_error_line(_main(capsys, "train", "--preset", "shakespeare-char-cpux", "--data", str(char_data), "--out",
+                          str(tmp_path / "r4")), "did you mean 'shakespeare-char-cpu'")
+    _one_error_line(_main(capsys, "train", "--resume", str(tmp_path / "missing")), "does not exist")
     other = write_char_dataset(tmp_path / "other", text="xyz abc\n" * 300)
-    _one_error_line(cli("train", "--resume", str(run), "--data.dir", str(other), "--train.max_steps", "4"),
+    _one_error_line(_main(capsys, "train", "--resume", str(run), "--data.dir", str(other), "--train.max_steps", "4"),
                     "made with tokenizer")
-    _one_error_line(cli("train", "--resume", str(run), "--model.n_layer", "3", "--train.max_steps", "4"),
+    _one_error_line(_main(capsys, "train", "--resume", str(run), "--model.n_layer", "3", "--train.max_steps", "4"),
                     "model.n_layer: 2 -> 3")
-    _one_error_line(cli("train", "--data", str(char_data), "--out", str(tmp_path / "r5"), *TINY_FLAGS,
-                        "--model.block_size", "100000"), "block_size")
+    _one_error_line(_main(capsys, "train", "--data", str(char_data), "--out", str(tmp_path / "r5"), *TINY_FLAGS,
+                          "--model.block_size", "100000"), "block_size")
     assert not (tmp_path / "r5").exists() or not any((tmp_path / "r5").iterdir())
-    _one_error_line(cli("plot", str(tmp_path / "nope")), "metrics.jsonl")
+    _one_error_line(_main(capsys, "plot", str(tmp_path / "nope")), "metrics.jsonl")
 
 
 def test_plot_writes_png_and_explains_missing_matplotlib(char_data: Path, tmp_path: Path, cli) -> None:

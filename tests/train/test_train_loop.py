@@ -153,3 +153,14 @@ def test_out_of_memory_names_the_settings(char_data: Path, tmp_path: Path, monke
     monkeypatch.setattr(Trainer, "train_step", oom)
     with pytest.raises(TrainingError, match=r"out of memory .* train.batch_size 4 .*lower --train.batch_size"):
         train(_cfg(char_data, **{"train.batch_size": 4, "train.max_steps": 2}), tmp_path / "run")
+
+
+@pytest.mark.slow
+def test_compiled_run_saves_plain_keys(char_data: Path, tmp_path: Path) -> None:
+    """torch.compile (or its warning + fallback where unsupported) leaves no `_orig_mod.` in checkpoints."""
+    r = train(_cfg(char_data, **{"train.max_steps": 2, "train.compile": True}), tmp_path / "run")
+    keys = load_safetensors(r.final_dir / "model.safetensors").keys()
+    assert keys and not any(k.startswith(("_orig_mod.", "module.")) for k in keys)
+    resumed = train(build_run_config(None, None, {**BASE, "data.dir": str(char_data), "train.max_steps": 3,
+                                                  "train.compile": True}), tmp_path / "run", resume=True)
+    assert resumed.step == 3
