@@ -13,6 +13,7 @@ import json
 import math
 import struct
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -80,12 +81,20 @@ def read_wandb_records(path: Path) -> list[bytes]:
         if kind == 0 and length == 0:
             pos += left
             continue
+        if pos + 7 + length > len(data):  # a record still being written
+            break
         parts.append(data[pos + 7:pos + 7 + length])
         pos += 7 + length
         if kind in (1, 4):  # FULL or LAST
             out.append(b"".join(parts))
             parts = []
     return out
+
+
+def _record_kind(pb: Any, payload: bytes) -> str | None:
+    rec = pb.Record()
+    rec.ParseFromString(payload)
+    return rec.WhichOneof("record_type")
 
 
 def test_wandb_offline_run_holds_the_metrics(char_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -101,21 +110,31 @@ def test_wandb_offline_run_holds_the_metrics(char_data: Path, tmp_path: Path, mo
     files = list((run / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb"))
     assert len(files) == 1, list((run / "wandb").rglob("*"))
     logged: dict[str, dict[int, float]] = {}
-    config_seen = False
-    for payload in read_wandb_records(files[0]):
+    # The W&B service process writes the file; finish() may return before its last flush.
+    deadline = time.monotonic() + 60
+    while True:
+        payloads = read_wandb_records(files[0])
+        kinds = [_record_kind(pb, p) for p in payloads]
+        if "exit" in kinds or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    config_seen, kinds = False, []
+    for payload in payloads:
         rec = pb.Record()
         rec.ParseFromString(payload)
         kind = rec.WhichOneof("record_type")
-        if kind == "run":
-            config_seen |= any(u.key == "train" and json.loads(u.value_json)["max_steps"] == 4
-                               for u in rec.run.config.update)
+        kinds.append(kind)
+        if kind in ("run", "config"):  # the config comes with the run record (or a later config record)
+            updates = rec.run.config.update if kind == "run" else rec.config.update
+            config_seen |= any(u.key == "train" and json.loads(u.value_json).get("max_steps") == 4
+                               for u in updates)
         if kind != "history":
             continue
         for item in rec.history.item:
             key = item.key or "/".join(item.nested_key)
             if not key.startswith("_"):
                 logged.setdefault(key, {})[rec.history.step.num] = json.loads(item.value_json)
-    assert config_seen  # the run config travels with the W&B run
+    assert config_seen, kinds  # the run config travels with the W&B run
     expected = metrics_by_key(run)
     assert set(logged) == set(expected)
     for key, by_step in expected.items():
