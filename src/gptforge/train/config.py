@@ -27,7 +27,9 @@ class DataConfig:
     """Where the token shards are and how batches are drawn from them."""
 
     dir: str | None = cfg_field(None, "dataset dir written by `gptforge prepare` (--data DIR)")
-    mode: str = cfg_field("random", "how batches are drawn: random windows (nanoGPT) or sequential")
+    mode: Literal["random", "sequential"] = cfg_field(
+        "random", "how batches are drawn: random windows (nanoGPT) or sequential"
+    )
 
 
 @dataclass
