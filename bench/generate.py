@@ -45,7 +45,7 @@ def build_models(device: str, dtype: torch.dtype, with_hf: bool, seed: int = 0) 
     from gptforge.model.gpt import GPT
 
     torch.manual_seed(seed)
-    model = GPT(GPTConfig.from_preset("gpt2")).eval()
+    model = GPT(GPTConfig.from_preset("gpt2")).eval()  # prepared for decoding below, as `gptforge generate` does
     hf = None
     if with_hf:
         import transformers
@@ -61,7 +61,9 @@ def build_models(device: str, dtype: torch.dtype, with_hf: bool, seed: int = 0) 
                 if key in ours:  # HF Conv1D stores (in, out): transpose
                     value.copy_(ours[key].t() if key.endswith(conv1d) else ours[key])
         hf = hf.to(device=device, dtype=dtype)
-    return model.to(device=device, dtype=dtype), hf
+    from gptforge.generate.engine import prepare_for_decoding
+
+    return prepare_for_decoding(model.to(device=device, dtype=dtype)), hf
 
 
 def sync(device: str) -> None:
