@@ -4,7 +4,6 @@ optimizer-state layouts FSDP converts between, and the no_sync choice per micro-
 from __future__ import annotations
 
 import contextlib
-import logging
 from pathlib import Path
 
 import pytest
@@ -33,16 +32,17 @@ def test_resolve_mode_refuses_separate_models_and_unknown_modes() -> None:
         dist.resolve_mode("deepspeed", 2)
 
 
-def test_state_for_rank_picks_its_own_entry(caplog: pytest.LogCaptureFixture) -> None:
+def test_state_for_rank_picks_its_own_entry() -> None:
     state = {"data": {"rank": 0}, "rng": "r0", "ranks": [{"data": {"rank": 0}, "rng": "r0"},
                                                          {"data": {"rank": 1}, "rng": "r1"}]}
     assert dist.state_for_rank(state, 1, 2) == {"data": {"rank": 1}, "rng": "r1"}
     assert dist.state_for_rank(state, 0, 2) == {"data": {"rank": 0}, "rng": "r0"}
-    with caplog.at_level(logging.WARNING, logger="gptforge.train.distributed"):
-        assert dist.state_for_rank(state, 0, 4) == {"data": {"rank": 0}, "rng": "r0"}  # 2 saved, 4 now
-    assert "saved by 2 process(es), resuming with 4" in caplog.text
+    with pytest.raises(ConfigError, match="saved by 2 process.*runs 4.*--nproc_per_node 2"):
+        dist.state_for_rank(state, 0, 4)
     single = {"data": {"rank": 0}, "rng": "r0"}  # a single-process checkpoint
     assert dist.state_for_rank(single, 0, 1) == single
+    with pytest.raises(ConfigError, match="without torchrun"):
+        dist.state_for_rank(single, 1, 2)
 
 
 def test_optimizer_state_by_name_round_trips_to_torchs_layout() -> None:

@@ -223,21 +223,25 @@ def gather_to_main(obj: Any) -> list[Any] | None:
 
 
 def state_for_rank(state: dict[str, Any], this_rank: int, processes: int) -> dict[str, Any]:
-    """The ``{"data", "rng"}`` a rank resumes from: its own entry of ``state["ranks"]`` when the
-    checkpoint was saved by as many processes, else the top-level (rank 0's) state.
+    """The ``{"data", "rng"}`` a rank resumes from: its own entry of ``state["ranks"]``
+    (a single-process checkpoint has only the top-level state).
 
-    A resume with a different number of processes keeps the weights, optimizer
-    and step but cannot replay each rank's data stream; it is allowed with a warning.
+    Raises:
+        ConfigError: the checkpoint was saved by another number of processes; each
+            rank's data stream and RNG cannot be continued then (the loader's rows
+            per rank would change), so the resume is refused with the number to use.
     """
     ranks = state.get("ranks")
-    if isinstance(ranks, list) and len(ranks) == processes:
-        return ranks[this_rank]
     saved = len(ranks) if isinstance(ranks, list) else 1
     if saved != processes:
-        logger.warning(
-            "checkpoint was saved by %d process(es), resuming with %d: weights, optimizer and step are "
-            "restored, but the data order and RNG streams are not those of an uninterrupted run", saved, processes,
+        how = f"torchrun --nproc_per_node {saved} -m gptforge train --resume ..." if saved > 1 else \
+            "gptforge train --resume ... (without torchrun)"
+        raise ConfigError(
+            f"the checkpoint was saved by {saved} process(es) but this resume runs {processes}; "
+            f"each rank's data position and RNG can only be continued with the same number: {how}"
         )
+    if isinstance(ranks, list):
+        return ranks[this_rank]
     return {"data": state["data"], "rng": state["rng"]}
 
 
