@@ -211,9 +211,8 @@ class Trainer:
         if resume:
             resume_from = ckpt.find_resume_checkpoint(self.run_dir)
             self._check_resumable(*resume_from)
-        elif self.is_main:
-            start_new_run(self.run_dir, overwrite)
-        dist.barrier()
+        elif self.is_main and self.run_dir.exists() and not overwrite:
+            start_new_run(self.run_dir, overwrite)  # refuses an existing run now, before any work
 
         seed_everything(cfg.train.seed)  # the same initial weights on every rank
         self.model = GPT(cfg.model).to(self.device)
@@ -227,6 +226,9 @@ class Trainer:
         self.eval_splits = [s for s in ("train", "val") if self.dataset.has_split(s)]
         for split in self.eval_splits:  # fail now, not at the first evaluation
             self._eval_loader(split)
+        if not resume and self.is_main:  # only once every check passed: a refused run leaves no dir behind
+            start_new_run(self.run_dir, overwrite)
+        dist.barrier()
         torch.manual_seed(cfg.train.seed + self.rank)  # dropout differs per rank
 
         self.step, self.tokens = 0, 0
