@@ -290,6 +290,11 @@ class GPT(nn.Module):
 
         Returns:
             (B, T, C)
+
+        Raises:
+            ModelError: for a sequence longer than ``block_size`` (cache included), a full
+                cache, mismatched mask/position/cache shapes, and (on the CPU) token or
+                position ids out of range; the message names the value and the limit.
         """
         start = kv_cache.pos if kv_cache is not None else 0
         self._check_input(idx, start, kv_cache, attention_mask, position_ids)
