@@ -14,6 +14,7 @@ _LAZY = {
     "GenerationConfig": "gptforge.generate.config",
     "generate": "gptforge.generate.engine",
     "stream_tokens": "gptforge.generate.engine",
+    "prepare_for_decoding": "gptforge.generate.engine",
     "TextChunk": "gptforge.generate.text",
     "TextStream": "gptforge.generate.text",
     "generate_text": "gptforge.generate.text",
