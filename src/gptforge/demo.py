@@ -7,8 +7,9 @@
 
 The model is nanoGPT's CPU recipe for Shakespeare (val loss ~1.88 after 2000
 steps). How many steps fit the time budget depends on the machine, so the demo
-first times a few training steps (in fp32 and in bf16 autocast, and keeps the
-faster) and sets the run length from that; the schedule then decays over the
+first times a few training steps (fp32 and bf16 autocast, with torch's default
+thread count and with one thread) and keeps the fastest, and sets the run length
+from that; the schedule then decays over the
 whole run, which gives a better model than stopping a longer schedule early.
 """
 
@@ -46,10 +47,11 @@ class DemoResult:
     train_time_s: float
     total_time_s: float
     precision: str
+    threads: int
 
 
-def measure_steps_per_s(cfg: RunConfig, vocab_size: int, precision: str, steps: int = 8) -> float:
-    """Training steps per second of this model on this CPU (random batches, after a warm-up)."""
+def measure_steps_per_s(cfg: RunConfig, vocab_size: int, precision: str, max_seconds: float = 1.5) -> float:
+    """Training steps per second of this model on this CPU (random batches, one warm-up step)."""
     from gptforge.model.gpt import GPT
     from gptforge.train.device import autocast_context
 
@@ -59,40 +61,69 @@ def measure_steps_per_s(cfg: RunConfig, vocab_size: int, precision: str, steps: 
     B, T = cfg.train.batch_size, cfg.model.block_size
     x = torch.randint(0, vocab_size, (B, T))
     autocast = autocast_context(torch.device("cpu"), precision)
-    t0 = 0.0
-    for i in range(steps + 3):
-        if i == 3:
+    steps, t0 = -1, 0.0
+    while steps < 20:
+        if steps == 0:
             t0 = time.perf_counter()
         with autocast():
             _, loss = model(x, x)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        steps += 1
+        if steps >= 2 and time.perf_counter() - t0 > max_seconds:
+            break
     return steps / (time.perf_counter() - t0)
 
 
+def pick_cpu_settings(cfg: RunConfig, vocab_size: int, precision: str | None) -> tuple[str, int, float]:
+    """The fastest (precision, threads) here, and its steps/s.
+
+    Precision: bf16 autocast is kept only if clearly (15%) faster than fp32.
+    Threads: torch's default and 1 are both timed. On a machine busy with other
+    work, several threads that wait on each other can be many times slower than
+    one (each waits for the slowest to get a core), so the measurement decides.
+    """
+    default_threads = torch.get_num_threads()
+    precisions = [precision] if precision else ["fp32", "bf16"]
+    results: dict[tuple[str, int], float] = {}
+    for threads in sorted({default_threads, 1}):
+        torch.set_num_threads(threads)
+        for p in precisions:
+            results[(p, threads)] = measure_steps_per_s(cfg, vocab_size, p)
+    torch.set_num_threads(default_threads)
+    for (p, threads), rate in results.items():
+        logger.info("timing: %.1f steps/s in %s with %d thread(s)", rate, p, threads)
+
+    def best(p: str) -> tuple[int, float]:
+        threads = max((t for q, t in results if q == p), key=lambda t: results[(p, t)])
+        return threads, results[(p, threads)]
+
+    chosen = precisions[0]
+    if precision is None and best("bf16")[1] > 1.15 * best("fp32")[1]:
+        chosen = "bf16"
+    threads, rate = best(chosen)
+    return chosen, threads, rate
+
+
 def demo_config(data_dir: Path, time_budget_s: float, max_steps: int | None, precision: str | None,
-                vocab_size: int) -> RunConfig:
-    """nanoGPT's CPU recipe, with the run length fitted to the time budget."""
+                vocab_size: int) -> tuple[RunConfig, int]:
+    """nanoGPT's CPU recipe, with the run length fitted to the time budget; and the threads to use."""
     cfg = preset_config(PRESET)
     cfg = apply(cfg, {"data.dir": str(data_dir), "train.device": "cpu", "train.eval_interval": 250,
                       "train.ckpt_interval": 1000, "train.keep_last": 1, "log.interval": 10})
-    if precision is None:  # keep bf16 only if it is clearly faster here
-        fp32 = measure_steps_per_s(cfg, vocab_size, "fp32")
-        bf16 = measure_steps_per_s(cfg, vocab_size, "bf16")
-        precision = "bf16" if bf16 > 1.15 * fp32 else "fp32"
-        rate = max(fp32, bf16) if precision == "bf16" else fp32
-        logger.info("timing: %.1f steps/s in fp32, %.1f in bf16 -> %s", fp32, bf16, precision)
-    elif max_steps is None:
-        rate = measure_steps_per_s(cfg, vocab_size, precision)
+    threads = torch.get_num_threads()
+    if max_steps is None or precision is None:
+        precision, threads, rate = pick_cpu_settings(cfg, vocab_size, precision)
     if max_steps is None:
         # ~8% of the time goes to evaluation and checkpoints
         max_steps = int(min(MAX_STEPS, max(MIN_STEPS, 0.92 * time_budget_s * rate)))
-    return apply(cfg, {
+    cfg = apply(cfg, {
         "train.precision": precision, "train.max_steps": max_steps, "train.lr_decay_steps": max_steps,
         # a hard stop in case the machine gets slower (other work starting)
         "train.time_budget_s": time_budget_s * 1.3,
     })
+    return cfg, threads
 
 
 def prepare_shakespeare(data_dir: Path) -> Path:
@@ -123,11 +154,16 @@ def run_demo(
     out.mkdir(parents=True, exist_ok=True)
     data_dir = prepare_shakespeare(out / "data")
     dataset = open_dataset(data_dir)
-    cfg = demo_config(data_dir, time_budget_s, max_steps, precision, dataset.vocab_size)
+    cfg, threads = demo_config(data_dir, time_budget_s, max_steps, precision, dataset.vocab_size)
     cfg = apply(cfg, {"train.seed": seed, "log.progress": progress})
-    logger.info("training %s for %d steps (%s, up to %.0fs)", PRESET, cfg.train.max_steps, cfg.train.precision,
-                cfg.train.time_budget_s)
-    result = train(cfg, out / "run", overwrite=True)
+    logger.info("training %s for %d steps (%s, %d thread(s), up to %.0fs)", PRESET, cfg.train.max_steps,
+                cfg.train.precision, threads, cfg.train.time_budget_s)
+    default_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        result = train(cfg, out / "run", overwrite=True)
+    finally:
+        torch.set_num_threads(default_threads)
 
     plot, skipped = None, None
     try:
@@ -144,7 +180,7 @@ def run_demo(
         plot_skipped=skipped, sample_file=sample_file, sample=sample, steps=result.step,
         val_loss=result.last_eval.get("val") if result.last_eval else None,
         train_time_s=result.train_time_s, total_time_s=time.perf_counter() - t_start,
-        precision=cfg.train.precision,
+        precision=cfg.train.precision, threads=threads,
     )
 
 

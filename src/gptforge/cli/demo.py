@@ -42,13 +42,13 @@ def run(args: argparse.Namespace) -> int:
             "out": str(r.out), "data": str(r.data_dir), "run": str(r.run_dir), "model": str(r.final_dir),
             "plot": str(r.plot) if r.plot else None, "sample_file": str(r.sample_file), "steps": r.steps,
             "val_loss": r.val_loss, "train_time_s": round(r.train_time_s, 1),
-            "total_time_s": round(r.total_time_s, 1), "precision": r.precision,
+            "total_time_s": round(r.total_time_s, 1), "precision": r.precision, "threads": r.threads,
         }))
         return 0
     bar = "-" * 72
     print(f"\n{bar}\nSample (500 characters from a newline, temperature 0.8):\n{bar}\n{r.sample}\n{bar}")
     val = f"{r.val_loss:.4f}" if r.val_loss is not None else "n/a"
-    print(f"trained {r.steps} steps in {r.train_time_s:.0f}s ({r.precision}); val loss {val}; "
+    print(f"trained {r.steps} steps in {r.train_time_s:.0f}s ({r.precision}, {r.threads} thread(s)); val loss {val}; "
           f"total {r.total_time_s:.0f}s\n")
     print("Artifacts:")
     print(f"  dataset (char tokenizer, shards)  {r.data_dir}")
