@@ -37,6 +37,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from gptforge.errors import GptforgeError
 from gptforge.serve.backend import Backend, Cancelled, SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -188,6 +189,11 @@ def create_app(backend: Backend, settings: ServeSettings | None = None) -> FastA
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, e: RequestValidationError) -> JSONResponse:
         return error_response(400, _describe_validation(e.errors()))
+
+    @app.exception_handler(GptforgeError)
+    async def _input_error(_: Request, e: GptforgeError) -> JSONResponse:
+        # e.g. a prompt character a char tokenizer cannot encode: the request's fault, not a 500
+        return error_response(400, str(e))
 
     @app.middleware("http")
     async def _auth_and_size(request: Request, call_next: Any) -> Any:
