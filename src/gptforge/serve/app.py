@@ -292,8 +292,8 @@ def create_app(backend: Backend, settings: ServeSettings | None = None) -> FastA
         if slots.active + slots.waiting >= slots.max_concurrent + slots.max_queue:
             raise APIError(429, "the server is busy: too many requests in flight; retry later",
                            type_="rate_limit_error", code="server_busy")
-        return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return _ClosingStreamingResponse(events(), media_type="text/event-stream",
+                                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:
@@ -358,6 +358,22 @@ def create_app(backend: Backend, settings: ServeSettings | None = None) -> FastA
                 "usage": _usage(prompt_tokens, completion_tokens)}
 
     return app
+
+
+class _ClosingStreamingResponse(StreamingResponse):
+    """A StreamingResponse that closes its generator when the response ends, however it ends.
+
+    When a client hangs up mid-stream, Starlette stops iterating but leaves the generator
+    suspended at its ``yield``; its ``finally`` (which frees the generation slot) would then
+    run only when the garbage collector gets to it. Under load that leaked slots until every
+    request queued behind them. Closing it here releases the slot at once.
+    """
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.body_iterator.aclose()  # type: ignore[union-attr]
 
 
 def _body_schema(schema: type[BaseModel]) -> dict[str, Any]:
