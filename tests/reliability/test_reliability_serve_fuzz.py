@@ -227,3 +227,15 @@ def test_fuzz_ran_the_bounded_number_of_examples(server: Any) -> None:
     assert h["status"] == "ok" and h["active"] == 0 and h["queued"] == 0
     assert SENT["examples"] >= EXAMPLES * 0.9 or SENT["examples"] == 0
     print(f"\nreliability: server fuzz examples={SENT['examples']}")
+
+
+def test_a_request_without_max_tokens_fits_a_low_server_limit(server: Any) -> None:
+    """The chat default (128 tokens) is capped by --max-tokens-limit (16 here), not refused."""
+    with httpx.Client(base_url=server.url, timeout=120) as client:
+        r = client.post(
+            "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]}
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["usage"]["completion_tokens"] <= 16
+        too_many = client.post("/v1/completions", json={"prompt": "hi", "max_tokens": 17})
+        assert too_many.status_code == 400 and "17" in too_many.json()["error"]["message"]

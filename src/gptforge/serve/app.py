@@ -234,7 +234,8 @@ def create_app(backend: Backend, settings: ServeSettings | None = None) -> FastA
         return req
 
     def sampling(req: _Common, default_max: int, extra_stop: list[str]) -> SamplingParams:
-        max_tokens = default_max if req.max_tokens is None else req.max_tokens
+        # a request that asks for nothing gets the default, capped by the server's limit (never a 400)
+        max_tokens = min(default_max, settings.max_tokens_limit) if req.max_tokens is None else req.max_tokens
         if max_tokens > settings.max_tokens_limit:
             raise APIError(400, f"max_tokens {max_tokens} exceeds this server's limit of "
                            f"{settings.max_tokens_limit}; ask for fewer", param="max_tokens")
