@@ -15,8 +15,9 @@ Rows:
 
 Columns: new tokens/s over the whole call (prefill included), time to first token,
 decode tokens/s after the first token, and the speedup of gptforge over the row.
-Peak RSS is measured per engine in a fresh subprocess (``--rss``): the process's peak
-resident memory over one 512+128 run, and its growth over the loaded model.
+Peak RSS is measured per engine in a fresh subprocess (Linux; skip with ``--no-rss``): the
+peak resident memory during one 512+128 run (the peak is reset after the model is built, via
+/proc/self/clear_refs), and its growth over the loaded model.
 
 Usage:
   python bench/generate.py                       # CPU, fp32, 32+128 and 512+128
@@ -40,6 +41,15 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirna
 import torch  # noqa: E402
 
 
+def hf_model(c: object) -> torch.nn.Module:
+    """transformers' GPT2LMHeadModel with the shape of GPTConfig ``c`` (random weights)."""
+    import transformers
+
+    hf_cfg = transformers.GPT2Config(vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd,
+                                     n_layer=c.n_layer, n_head=c.n_head, activation_function="gelu_new")
+    return transformers.GPT2LMHeadModel(hf_cfg).eval()
+
+
 def build_models(device: str, dtype: torch.dtype, with_hf: bool, seed: int = 0) -> tuple:
     from gptforge.model.config import GPTConfig
     from gptforge.model.gpt import GPT
@@ -48,12 +58,7 @@ def build_models(device: str, dtype: torch.dtype, with_hf: bool, seed: int = 0) 
     model = GPT(GPTConfig.from_preset("gpt2")).eval()  # prepared for decoding below, as `gptforge generate` does
     hf = None
     if with_hf:
-        import transformers
-
-        c = model.config
-        hf_cfg = transformers.GPT2Config(vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd,
-                                         n_layer=c.n_layer, n_head=c.n_head, activation_function="gelu_new")
-        hf = transformers.GPT2LMHeadModel(hf_cfg).eval()
+        hf = hf_model(model.config)
         conv1d = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
         ours = model.state_dict()
         with torch.no_grad():
@@ -141,18 +146,33 @@ def peak_rss_mb(engine: str, args: argparse.Namespace) -> tuple[float, float]:
     return peak, peak - base
 
 
+def _status_mb(field: str) -> float:
+    """A memory field of /proc/self/status (VmRSS, VmHWM) in MB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise KeyError(field)
+
+
 def _rss_worker(args: argparse.Namespace) -> None:
-    import resource
+    import gc
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
-    model, hf = build_models(args.device, dtype, with_hf=args._rss_worker == "transformers")
-    if args._rss_worker == "transformers":
-        del model
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if args._rss_worker == "transformers":  # its own random weights: values do not change memory
+        from gptforge.model.config import GPTConfig
+
+        model, hf = None, hf_model(GPTConfig.from_preset("gpt2")).to(device=args.device, dtype=dtype)
+    else:
+        model, hf = build_models(args.device, dtype, with_hf=False)
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as f:  # Linux: reset the peak (VmHWM) to the current RSS,
+        f.write("5")  # so model construction does not count
+    base = _status_mb("VmRSS")
     idx = torch.randint(0, 50257, (1, 512), generator=torch.Generator().manual_seed(0)).to(args.device)
     fn = {"gptforge": run_ours, "transformers": run_hf}[args._rss_worker]
     fn(hf if args._rss_worker == "transformers" else model, idx, args.new, args.device)
-    print(json.dumps([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, base]))
+    print(json.dumps([_status_mb("VmHWM"), base]))
 
 
 def main() -> None:
@@ -190,6 +210,12 @@ def main() -> None:
         engines["transformers"] = (run_hf, hf, args.new)
     engines["no-cache"] = (run_nocache, model, args.nocache_new)
 
+    meta = dict(device=args.device, dtype=args.dtype, compile=args.compile, threads=torch.get_num_threads(),
+                torch=torch.__version__, reps=args.reps)
+    if not args.json:  # rows are printed as they are measured, so a cut run still reports
+        print(f"# generation, batch 1, greedy, gpt2-124M shape, {meta}")
+        print("| prompt+new | engine | tokens/s | TTFT ms | decode tok/s | gptforge speedup | same tokens |")
+        print("|---|---|---:|---:|---:|---:|---|", flush=True)
     results = []
     for T in args.prompts:
         idx = torch.randint(0, 50257, (1, T), generator=torch.Generator().manual_seed(T)).to(args.device)
@@ -212,25 +238,21 @@ def main() -> None:
             tps = n / total
             decode_tps = (n - 1) / (total - first) if n > 1 else float("nan")
             ours_tps = tps if name == "gptforge" else ours_tps
-            results.append(dict(prompt=T, engine=name, new_tokens=n, tokens_per_s=tps, ttft_ms=first * 1e3,
-                                decode_tokens_per_s=decode_tps, gptforge_speedup=ours_tps / tps,
-                                same_tokens=same if name == "transformers" else None))
+            r = dict(prompt=T, engine=name, new_tokens=n, tokens_per_s=tps, ttft_ms=first * 1e3,
+                     decode_tokens_per_s=decode_tps, gptforge_speedup=ours_tps / tps,
+                     same_tokens=same if name == "transformers" else None)
+            results.append(r)
+            if not args.json:
+                mark = "" if r["same_tokens"] is None else ("yes" if r["same_tokens"] else "NO")
+                print(f"| {T}+{n} | {name} | {tps:.1f} | {first * 1e3:.0f} | {decode_tps:.1f} "
+                      f"| {r['gptforge_speedup']:.2f}x | {mark} |", flush=True)
     rss = {}
     if not args.no_rss:
         for engine in ["gptforge"] + (["transformers"] if hf is not None else []):
             rss[engine] = peak_rss_mb(engine, args)
-    meta = dict(device=args.device, dtype=args.dtype, compile=args.compile, threads=torch.get_num_threads(),
-                torch=torch.__version__, reps=args.reps)
     if args.json:
         print(json.dumps(dict(meta=meta, results=results, peak_rss_mb=rss)))
         return
-    print(f"# generation, batch 1, greedy, gpt2-124M shape, {meta}")
-    print("| prompt+new | engine | tokens/s | TTFT ms | decode tok/s | gptforge speedup | same tokens |")
-    print("|---|---|---:|---:|---:|---:|---|")
-    for r in results:
-        same = "" if r["same_tokens"] is None else ("yes" if r["same_tokens"] else "NO")
-        print(f"| {r['prompt']}+{r['new_tokens']} | {r['engine']} | {r['tokens_per_s']:.1f} | {r['ttft_ms']:.0f} "
-              f"| {r['decode_tokens_per_s']:.1f} | {r['gptforge_speedup']:.2f}x | {same} |")
     for engine, (peak, growth) in rss.items():
         print(f"peak RSS {engine}: {peak:.0f} MB (+{growth:.0f} MB over the loaded model), 512+{args.new}")
 
