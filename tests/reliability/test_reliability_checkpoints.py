@@ -63,7 +63,9 @@ def reference_run(char_ds: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     return ref
 
 
-@pytest.mark.parametrize("victim", ["optimizer.pt", "model.safetensors"])
+@pytest.mark.parametrize(
+    "victim", ["optimizer.pt", pytest.param("model.safetensors", marks=pytest.mark.slow)]
+)
 def test_disk_full_during_a_checkpoint_stops_cleanly(
     victim: str,
     char_ds: Path,
@@ -176,6 +178,7 @@ def test_flipped_byte_is_detected_and_resume_falls_back(
             load_model(run)
 
 
+@pytest.mark.slow  # the same fallback is checked in-process above for every file; this is the CLI path
 def test_resume_through_the_cli_skips_a_corrupt_checkpoint(
     three_checkpoints: Path, tmp_path: Path, cli
 ) -> None:

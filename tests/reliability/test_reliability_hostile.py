@@ -58,7 +58,9 @@ def _hf_folder(root: Path) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("command", ["import", "generate", "eval"])
+@pytest.mark.parametrize(
+    "command", ["import", "generate", pytest.param("eval", marks=pytest.mark.slow)]
+)
 def test_hf_pytorch_model_bin_payload(command: str, tmp_path: Path, cli) -> None:
     marker, folder = tmp_path / "pwned", _hf_folder(tmp_path)
     _plant(folder / "pytorch_model.bin", marker)
