@@ -11,7 +11,7 @@ peak resident set (ru_maxrss) above the RSS measured after loading the model; on
 CUDA ``torch.cuda.max_memory_allocated``.
 
   python bench/finetune_instruct.py                  # CPU, a few minutes
-  python bench/finetune_instruct.py --device cuda --epochs 3
+  python bench/finetune_instruct.py --device cuda --epochs 3 --pretrain-steps 2000
 
 Targets: loss drops >= 30% from the base; LoRA within 10% of full; LoRA trains < 5%.
 """
@@ -74,7 +74,7 @@ def main() -> None:
     p.add_argument("--data", default=str(DATA / "instruction-data.json"))
     p.add_argument("--device", default="cpu")
     p.add_argument("--pretrain-steps", type=int, default=200, help="pretraining steps (8 x 128 tokens) of the base")
-    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=5e-4, help="full fine-tuning learning rate")
     p.add_argument("--lora-lr", type=float, default=3e-3, help="LoRA learning rate")
