@@ -201,9 +201,9 @@ def validate_meta(path: Path, meta: Any) -> dict[str, Any]:
     for key in ("vocab_size", "dtype", "tokenizer_fingerprint", "splits"):
         if key not in meta:
             raise _bad(path, f"missing key {key!r}")
-    if meta["dtype"] not in DTYPES:
+    if not isinstance(meta["dtype"], str) or meta["dtype"] not in DTYPES:
         raise _bad(path, f"dtype {meta['dtype']!r} is not one of {sorted(DTYPES)}")
-    if not isinstance(meta["vocab_size"], int) or meta["vocab_size"] <= 0:
+    if not _is_count(meta["vocab_size"]) or meta["vocab_size"] <= 0:
         raise _bad(path, f"vocab_size {meta['vocab_size']!r} is not a positive integer")
     splits = meta["splits"]
     if not isinstance(splits, dict) or "train" not in splits:
