@@ -51,6 +51,10 @@ logger = logging.getLogger(__name__)
 # optional space + digits, optional space + other symbols, whitespace not followed by a
 # non-space (so the last space of a run attaches to the next word), other whitespace.
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+# The same split written for speed (possessive quantifiers, factored contractions), as
+# tiktoken spells it: used only by the fast path. GPT2_PATTERN stays the canonical text
+# in tokenizer.json (and so in fingerprints); the tests check both give tiktoken's ids.
+GPT2_PATTERN_FAST = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
 ENDOFTEXT = "<|endoftext|>"
 GPT2_VOCAB_SIZE = 50257
 
@@ -221,7 +225,7 @@ class GPT2Tokenizer(Tokenizer):
             }
             self._tiktoken = tiktoken.Encoding(
                 name="gptforge-gpt2",
-                pat_str=GPT2_PATTERN,
+                pat_str=GPT2_PATTERN_FAST,
                 mergeable_ranks=ranks,
                 special_tokens=dict(self.special_tokens),
                 explicit_n_vocab=self.vocab_size,
