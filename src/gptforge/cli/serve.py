@@ -45,7 +45,11 @@ def run(args: argparse.Namespace) -> int:
             raise GptforgeError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if not 0 < args.port < 65536:
         raise GptforgeError(f"--port must be in 1..65535, got {args.port}")
-    model = load_model(args.model, device=args.device)
+    from gptforge.generate.engine import prepare_for_decoding
+
+    # The same weight layout as `gptforge generate`, so equal seeds give equal text (and
+    # batch-1 CPU decoding reads weights faster).
+    model = prepare_for_decoding(load_model(args.model, device=args.device))
     if model.tokenizer is None:
         raise GptforgeError(f"{args.model} has no tokenizer.json; the server needs one to read prompts")
     name = args.model_name or Path(args.model).resolve().name
