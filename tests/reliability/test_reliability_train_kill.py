@@ -67,7 +67,7 @@ def _kill_at_random(
     deadline = time.monotonic() + 600
     while proc.poll() is None and time.monotonic() < deadline:
         if _metric_lines(run) >= start_lines + after_lines:
-            time.sleep(rng.uniform(0.0, 0.3))
+            time.sleep(rng.uniform(0.0, 0.02))  # within a step or two of that line, wherever it is
             proc.send_signal(signal.SIGKILL)
             break
         time.sleep(0.02)
@@ -169,6 +169,6 @@ def test_kills_then_resume_equal_an_uninterrupted_run(char_ds: Path, tmp_path: P
 
 @pytest.mark.slow
 def test_twenty_kills_then_resume_equal_an_uninterrupted_run(char_ds: Path, tmp_path: Path) -> None:
-    counts = _kill_and_resume(SLOW_PLAN, 100, char_ds, tmp_path)
+    counts = _kill_and_resume(SLOW_PLAN, 160, char_ds, tmp_path)
     assert counts["kills"] >= 20 - 1
     print(f"\nreliability: train {counts}")
