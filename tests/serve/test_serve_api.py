@@ -121,3 +121,26 @@ def test_busy_server_answers_429_and_disconnect_frees_slot(tiny_model_dir) -> No
             time.sleep(0.05)
         assert httpx.get(s.url + "/health").json()["active"] == 0
         assert httpx.post(s.url + "/v1/completions", json={"prompt": "x", "max_tokens": 1}).status_code == 200
+
+
+def test_unusable_prompts_are_400_streamed_or_not(tmp_path) -> None:
+    """A char-vocabulary model has no end-of-text token: an empty prompt, or a character
+    outside its vocabulary, cannot be encoded. That is the client's error, checked before
+    a stream starts (found by the reliability fuzz)."""
+    import torch
+
+    from gptforge import GPT, GPTConfig, load_tokenizer
+    from gptforge.model.loading import save_model
+
+    tok = load_tokenizer("char", corpus="hello world\n")
+    assert tok.eot_id is None
+    torch.manual_seed(0)
+    save_model(GPT(GPTConfig.from_preset("test-tiny", vocab_size=tok.vocab_size)), tmp_path / "m", tok)
+    with start_server(tmp_path / "m") as s:
+        for stream in (False, True):
+            for prompt in ("", "héllo"):
+                r = httpx.post(s.url + "/v1/completions", json={"prompt": prompt, "max_tokens": 3, "stream": stream})
+                assert r.status_code == 400, r.text
+                assert r.json()["error"]["param"] == "prompt"
+        ok = httpx.post(s.url + "/v1/completions", json={"prompt": "hello", "max_tokens": 3, "stream": True})
+        assert ok.status_code == 200 and ok.text.rstrip().endswith("data: [DONE]")

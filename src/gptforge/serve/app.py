@@ -247,7 +247,10 @@ def create_app(backend: Backend, settings: ServeSettings | None = None) -> FastA
                               frequency_penalty=req.frequency_penalty, presence_penalty=req.presence_penalty)
 
     def check_prompt(prompt: str) -> int:
-        n = backend.count_tokens(prompt)
+        try:  # encodes exactly as generation will (an empty prompt starts from end-of-text)
+            n = backend.count_prompt_tokens(prompt)
+        except GptforgeError as e:
+            raise APIError(400, f"the prompt cannot be used: {e}", param="prompt") from None
         if n > max_prompt:
             raise APIError(400, f"the prompt is {n} tokens long; this server accepts at most {max_prompt}",
                            param="prompt", code="context_length_exceeded")
@@ -285,6 +288,12 @@ def create_app(backend: Backend, settings: ServeSettings | None = None) -> FastA
                             yield _sse(make_chunk(i, chunk.text, None))
                         if chunk.finish_reason is not None:
                             yield _sse(make_chunk(i, None, chunk.finish_reason))
+                except GptforgeError as e:
+                    # The status line is already sent: report the problem as an event in
+                    # OpenAI's error shape and end the stream properly.
+                    yield _sse({"error": {"message": str(e), "type": "invalid_request_error",
+                                          "param": None, "code": None}})
+                    break
                 finally:  # also on client disconnect (the task is cancelled here)
                     cancel.set()
                     slots.release()

@@ -45,8 +45,16 @@ class Backend:
         self.template = get_template(getattr(model, "extra_config", {}) or {})
         self.block_size = model.config.block_size
 
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer.encode(text))
+    def count_prompt_tokens(self, prompt: str) -> int:
+        """Tokens the prompt will take, encoded as generation encodes it.
+
+        Raises:
+            GptforgeError: the tokenizer cannot encode it (e.g. an empty prompt and no
+                end-of-text token, or a character outside a char vocabulary).
+        """
+        from gptforge.generate.text import encode_prompt
+
+        return len(encode_prompt(self.tokenizer, prompt))
 
     def render_chat(self, messages: list[dict[str, Any]]) -> tuple[str, list[str]]:
         """The prompt text for a chat and the extra stop strings its template needs.
