@@ -86,9 +86,14 @@ def test_finetune_killed_anywhere_restarts_cleanly(
         assert "Traceback" not in err, err
         if code == -signal.SIGKILL:
             kills += 1
-            assert not out.exists(), (
-                f"a killed fine-tune left {sorted(p.name for p in out.iterdir())}"
-            )
+            if out.exists():
+                # A random kill can land after the atomic rename, while the process exits:
+                # then the output must be the complete one (it is compared below).
+                names = sorted(p.name for p in out.iterdir())
+                assert point == "random" and {"final", "results.json"} <= set(names), (
+                    f"a killed fine-tune left {names}"
+                )
+                break
         else:
             assert code == 0, err  # finished before the random kill: a complete result
             break
