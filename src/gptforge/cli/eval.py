@@ -32,18 +32,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
-def _device(name: str) -> str:
-    import torch
-
-    if name != "auto":
-        return name
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
 def _dataset_tokens(path: str, split: str, tokenizer: object, max_tokens: int | None) -> object:
     """The split's tokens (shards joined, up to ``max_tokens``), after checking that the
     dataset was made with the model's tokenizer."""
@@ -82,7 +70,9 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
-    device = _device(args.device)
+    from gptforge.train.device import resolve_device
+
+    device = str(resolve_device(args.device, flag="--device"))
     model = load_model(args.model, device=device, dtype=getattr(torch, args.dtype))
     tok = model.tokenizer
     if args.text is not None:

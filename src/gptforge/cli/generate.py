@@ -50,18 +50,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(fine-tuned models) and stop at the template's stop strings")
 
 
-def resolve_device(name: str) -> str:
-    import torch
-
-    if name != "auto":
-        return name
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
 def build_config(args: argparse.Namespace, **defaults: object) -> object:
     """A validated GenerationConfig from the flags (unset flags take ``defaults``)."""
     from gptforge.generate.config import GenerationConfig
@@ -87,9 +75,10 @@ def load_for_generation(args: argparse.Namespace) -> object:
 
     from gptforge.errors import ModelError
     from gptforge.model.loading import load_model
+    from gptforge.train.device import resolve_device
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, None: None}[args.dtype]
-    model = load_model(args.model, device=resolve_device(args.device), dtype=dtype)
+    model = load_model(args.model, device=resolve_device(args.device, flag="--device"), dtype=dtype)
     if getattr(model, "tokenizer", None) is None:
         raise ModelError(f"the model at {args.model} has no tokenizer.json; save the model with its tokenizer")
     from gptforge.generate.engine import prepare_for_decoding

@@ -27,8 +27,11 @@ logger = logging.getLogger(__name__)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
-    """Turn ``auto``/``cpu``/``cuda``/``cuda:N``/``mps`` into a device that exists here."""
+def resolve_device(spec: str, local_rank: int = 0, flag: str = "--train.device") -> torch.device:
+    """Turn ``auto``/``cpu``/``cuda``/``cuda:N``/``mps`` into a device that exists here.
+
+    ``flag`` names the option in error messages (``--device`` for generate and eval).
+    """
     spec = spec.strip().lower()
     if spec == "auto":
         if torch.cuda.is_available():
@@ -39,16 +42,16 @@ def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
     try:
         device = torch.device(spec)
     except RuntimeError:
-        raise ConfigError(f"train.device {spec!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
+        raise ConfigError(f"{flag.lstrip('-')} {spec!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError("train.device is cuda but no CUDA GPU is available; use --train.device cpu (or auto)")
+            raise ConfigError(f"{flag.lstrip('-')} is cuda but no CUDA GPU is available; use {flag} cpu (or auto)")
         if device.index is None:
             device = torch.device("cuda", local_rank)
     elif device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ConfigError("train.device is mps but MPS is not available; use --train.device cpu (or auto)")
+        raise ConfigError(f"{flag.lstrip('-')} is mps but MPS is not available; use {flag} cpu (or auto)")
     elif device.type not in ("cpu", "cuda", "mps"):
-        raise ConfigError(f"train.device {spec!r} is not supported; use auto, cpu, cuda or mps")
+        raise ConfigError(f"{flag.lstrip('-')} {spec!r} is not supported; use auto, cpu, cuda or mps")
     return device
 
 
