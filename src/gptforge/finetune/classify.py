@@ -37,7 +37,7 @@ from gptforge.finetune.loop import LoopConfig, finetune
 from gptforge.finetune.lora import apply_lora, count_trainable, merge_lora
 from gptforge.model.config import GPTConfig
 from gptforge.model.gpt import GPT
-from gptforge.model.loading import LOAD_HOOKS, load_state_strict, strip_wrapper_prefixes
+from gptforge.model.loading import LOAD_HOOKS, load_weights
 
 logger = logging.getLogger(__name__)
 
@@ -204,16 +204,9 @@ def _load_hook(gpt_config: GPTConfig, config: dict, model_dir: Path) -> GPT | No
     labels = info.get("labels") if isinstance(info, dict) else None
     if not isinstance(labels, list) or len(labels) < 2:
         raise ModelError(f"{model_dir / 'config.json'}: classifier.labels must list at least two labels")
-    from gptforge.io import load_safetensors
-
     with torch.device("meta"):
         model = GPTClassifier(gpt_config, [str(x) for x in labels])
-    state = strip_wrapper_prefixes(load_safetensors(model_dir / "model.safetensors"))
-    if gpt_config.tie_weights:
-        state.setdefault("lm_head.weight", state.get("transformer.wte.weight"))
-    load_state_strict(model, state, model_dir / "model.safetensors")
-    if gpt_config.tie_weights:
-        model.lm_head.weight = model.transformer.wte.weight
+    load_weights(model, model_dir)
     model.max_length = int(info.get("max_length", gpt_config.block_size))
     return model
 

@@ -153,20 +153,13 @@ def _load_hook(gpt_config, config: dict, model_dir):  # noqa: ANN001, ANN202 - L
     info = config.get("lora")
     if not info or "classifier" in config:
         return None
-    from gptforge.io import load_safetensors
     from gptforge.model.gpt import GPT
-    from gptforge.model.loading import load_state_strict, strip_wrapper_prefixes
+    from gptforge.model.loading import load_weights
 
     with torch.device("meta"):
         model = GPT(gpt_config)
         apply_lora(model, rank=int(info["rank"]), alpha=float(info["alpha"]), targets=tuple(info["targets"]))
-    state = strip_wrapper_prefixes(load_safetensors(model_dir / "model.safetensors"))
-    if gpt_config.tie_weights:
-        state.setdefault("lm_head.weight", state.get("transformer.wte.weight"))
-    load_state_strict(model, state, model_dir / "model.safetensors")
-    if gpt_config.tie_weights:
-        model.lm_head.weight = model.transformer.wte.weight
-    return model
+    return load_weights(model, model_dir)
 
 
 def register_load_hook() -> None:

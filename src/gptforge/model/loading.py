@@ -19,7 +19,14 @@ import torch
 
 from gptforge.config import from_dict, to_dict
 from gptforge.errors import ModelError
-from gptforge.io import FORMAT_VERSION, check_format_version, load_safetensors, read_json, save_safetensors, write_json
+from gptforge.io import (
+    FORMAT_VERSION,
+    check_format_version,
+    load_safetensors,
+    read_json,
+    save_safetensors,
+    write_json,
+)
 from gptforge.model.config import GPTConfig
 from gptforge.model.gpt import GPT
 
@@ -176,11 +183,19 @@ def _build_from_config(gpt_config: GPTConfig, config: dict, model_dir: Path) -> 
             f"{model_dir / 'config.json'} describes a model that cannot be built ({str(e).splitlines()[0]}); "
             "check its vocab_size, block_size, n_embd, n_layer and n_head"
         ) from None
+    return load_weights(model, model_dir)
+
+
+def load_weights(model: GPT, model_dir: Path) -> GPT:
+    """Fill a (meta-device) ``model`` from ``model_dir/model.safetensors`` and restore the weight tie.
+
+    The tied LM head is stored once (as ``transformer.wte.weight``), so it is aliased back here.
+    """
     state = strip_wrapper_prefixes(load_safetensors(model_dir / "model.safetensors"))
-    if gpt_config.tie_weights:
+    if model.config.tie_weights:
         state.setdefault("lm_head.weight", state.get("transformer.wte.weight"))
     load_state_strict(model, state, model_dir / "model.safetensors")
-    if gpt_config.tie_weights:
+    if model.config.tie_weights:
         model.lm_head.weight = model.transformer.wte.weight
     return model
 
