@@ -269,3 +269,56 @@ def test_hf_streaming_with_a_fake_datasets_module(tmp_path, monkeypatch, jsonl_f
         for t in tiktoken_gpt2.encode_ordinary(lines[i]) + [50256]
     ]
     assert split_ids(ds, "val").tolist() == ref
+
+
+def test_gpt2_array_encode_equals_tiktoken(tiktoken_gpt2, shakespeare):
+    """The array path (what prepare uses) gives tiktoken's ids; an eot in the text stays text."""
+    from gptforge.tokenizer import load_tokenizer
+
+    tok = load_tokenizer("gpt2")
+    text = shakespeare[:20_000] + " <|endoftext|> café 日本語 🙂"
+    arr = tok.encode_ordinary_array(text)
+    assert arr.dtype == np.uint32
+    assert arr.tolist() == tiktoken_gpt2.encode_ordinary(text)
+
+
+def test_workers_use_threads_only_for_gil_free_tokenizers():
+    """gpt2 (tiktoken releases the GIL) runs in threads of this process; others in processes."""
+    import threading
+
+    from gptforge.data.prepare import _ordered_map
+    from gptforge.tokenizer import load_tokenizer
+
+    def where(_chunk):
+        return os.getpid(), threading.current_thread().name
+
+    gpt2 = load_tokenizer("gpt2")
+    init = (gpt2, "text", "strict", False, True, "uint16")
+    seen = list(_ordered_map(where, range(6), 2, init))
+    assert {pid for pid, _ in seen} == {os.getpid()}
+    assert all(name.startswith("prepare") for _, name in seen)
+    from gptforge.tokenizer.gpt2 import GPT2Tokenizer
+
+    assert gpt2.encodes_without_gil and not GPT2Tokenizer(fast=False).encodes_without_gil
+
+
+def test_pure_python_tokenizer_workers_identical(tmp_path, shakespeare):
+    """A tokenizer without a GIL-free encoder goes through worker processes: same shards."""
+    from gptforge.tokenizer.bpe import BPETokenizer
+
+    tok = BPETokenizer.train(shakespeare[:30_000], 300, pattern="gpt2", specials=["<|endoftext|>"])
+    assert not tok.encodes_without_gil
+    spec = tok.save(tmp_path / "tok")
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    paras = [p for p in shakespeare.split("\n\n") if p.strip()][:60]
+    for i, p in enumerate(paras):
+        (docs / f"d{i:02d}.txt").write_text(p)
+    o = dict(chunk_bytes=2048, val_fraction=0.2)
+    m1 = prepare([str(docs)], str(spec), tmp_path / "w1", opts(workers=1, **o))
+    m2 = prepare([str(docs)], str(spec), tmp_path / "w2", opts(workers=2, **o))
+    assert m1["splits"] == m2["splits"]
+    for f in sorted(p.name for p in (tmp_path / "w1").glob("*.bin")):
+        assert (tmp_path / "w1" / f).read_bytes() == (tmp_path / "w2" / f).read_bytes(), f
+    total = sum(len(tok.encode_ordinary(p)) + 1 for p in paras)
+    assert sum(v["tokens"] for v in m1["splits"].values()) == total

@@ -5,6 +5,10 @@ The pipeline (streaming; memory holds a few ~1 MB chunks whatever the corpus siz
     inputs --(main: read, hash, cut into chunks)--> workers: decode + tokenize
            --(main, in order)--> assign each document a split --> append to shards
 
+Workers are processes, or threads when the tokenizer encodes outside Python's GIL
+(the ``gpt2`` fast path: tiktoken's Rust encoder), which saves copying every chunk
+and its ids between processes.
+
 How documents are split into train / val / test:
 
 * **one document** (a single text file, e.g. tinyshakespeare): by position, as
@@ -153,6 +157,9 @@ def _ordered_map(fn: Callable, chunks: Iterable, workers: int, init_args: tuple)
         yield from map(fn, chunks)
         return
     tok = init_args[0]
+    if tok is not None and tok.encodes_without_gil:
+        yield from _ordered_thread_map(fn, chunks, workers, init_args)
+        return
     args = (tok.to_dict() if tok is not None else None, *init_args[1:], True)
     ctx = mp.get_context("spawn")  # no fork of a process holding threads/locks
     with ctx.Pool(workers, initializer=readers.init_worker, initargs=args) as pool:
@@ -163,6 +170,29 @@ def _ordered_map(fn: Callable, chunks: Iterable, workers: int, init_args: tuple)
                 yield pending.popleft().get()
         while pending:
             yield pending.popleft().get()
+
+
+def _ordered_thread_map(fn: Callable, chunks: Iterable, workers: int, init_args: tuple) -> Iterator:
+    """:func:`_ordered_map` over threads, for a tokenizer that encodes outside the GIL.
+
+    Threads share the tokenizer and the chunks' memory, so nothing is pickled; the
+    encode itself (tiktoken's Rust code) runs on all cores at once.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    readers.init_worker(*init_args)
+    with ThreadPoolExecutor(workers, thread_name_prefix="prepare") as pool:
+        pending: deque = deque()
+        try:
+            for chunk in chunks:
+                pending.append(pool.submit(fn, chunk))
+                if len(pending) >= 2 * workers + 2:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:  # an error or Ctrl-C: drop what has not started
+            for fut in pending:
+                fut.cancel()
 
 
 def _progress(total: int | None, enabled: bool | None, desc: str) -> Any:

@@ -354,14 +354,17 @@ def encode_chunk(chunk: Chunk) -> tuple[np.ndarray, np.ndarray, np.ndarray, int,
     """
     texts, ends, bad, nbytes = decode_chunk(chunk)
     tok, eot, add_eot = _STATE["tokenizer"], _STATE["eot"], _STATE["add_eot"]
-    encode = tok.encode_ordinary
-    all_ids: list[int] = []
+    encode = tok.encode_ordinary_array
+    eot_piece = np.array([eot if eot is not None else 0], dtype=np.uint32)
+    pieces: list[np.ndarray] = []
     lens = np.empty(len(texts), dtype=np.int64)
     for i, (text, end) in enumerate(zip(texts, ends)):
-        before = len(all_ids)
-        all_ids += encode(text)
+        ids = encode(text)
+        pieces.append(ids)
+        lens[i] = len(ids)
         if end and add_eot and eot is not None:
-            all_ids.append(eot)
-        lens[i] = len(all_ids) - before
-    ids = np.fromiter(all_ids, dtype=_STATE["dtype"], count=len(all_ids))
+            pieces.append(eot_piece)
+            lens[i] += 1
+    dtype = _STATE["dtype"]
+    ids = np.concatenate(pieces).astype(dtype, copy=False) if pieces else np.zeros(0, dtype)
     return ids, lens, np.asarray(ends, dtype=bool), nbytes, bad

@@ -14,6 +14,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 
 class Tokenizer(ABC):
     """Text <-> ids.
@@ -25,6 +27,11 @@ class Tokenizer(ABC):
 
     kind: str = ""
     special_tokens: dict[str, int]
+    #: True when :meth:`encode_ordinary_array` runs outside Python's GIL (a Rust or C
+    #: encoder), so threads in one process parallelise it; ``gptforge prepare`` then
+    #: uses threads instead of worker processes (no copying of text and ids between
+    #: processes).
+    encodes_without_gil: bool = False
 
     @property
     @abstractmethod
@@ -47,6 +54,14 @@ class Tokenizer(ABC):
     def encode_ordinary(self, text: str) -> list[int]:
         """Encode ``text`` with no special tokens."""
         return self.encode(text, allowed_special="none")
+
+    def encode_ordinary_array(self, text: str) -> np.ndarray:
+        """:meth:`encode_ordinary` as a uint32 array (dataset preparation writes arrays).
+
+        Subclasses whose encoder can fill an array directly override this to skip
+        building a Python list of ints (a few percent of the encode time).
+        """
+        return np.array(self.encode_ordinary(text), dtype=np.uint32)
 
     def encode_batch(
         self, texts: list[str], allowed_special: str | Iterable[str] = "none"

@@ -34,6 +34,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import regex
 
 from gptforge.errors import TokenizerError
@@ -264,6 +265,18 @@ class GPT2Tokenizer(Tokenizer):
         if self.fast:
             return self._tiktoken_encoding().encode_ordinary(text)
         return self._encode_pure(text)
+
+    @property
+    def encodes_without_gil(self) -> bool:  # type: ignore[override]
+        return self.fast  # tiktoken's Rust encoder releases the GIL
+
+    def encode_ordinary_array(self, text: str) -> np.ndarray:
+        """The fast path has tiktoken fill a uint32 buffer: no Python list of ints is built."""
+        if self.fast:
+            # allowed_special empty and disallowed_special () : "<|endoftext|>" is plain text,
+            # exactly as encode_ordinary treats it (the tests compare the two)
+            return self._tiktoken_encoding().encode_to_numpy(text, disallowed_special=())
+        return super().encode_ordinary_array(text)
 
     def encode_batch(
         self, texts: list[str], allowed_special: str | Iterable[str] = "none"
