@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -26,6 +27,19 @@ DATA_DIR = _find_data_dir()
 def _data_env() -> None:
     """Point GPTFORGE_DATA_DIR at the shared data folder for every test (and subprocess)."""
     os.environ["GPTFORGE_DATA_DIR"] = str(DATA_DIR)
+
+
+@pytest.fixture(autouse=True)
+def _restore_gptforge_logger():
+    """Undo what an in-process ``gptforge.cli.main.main()`` does to the ``gptforge`` logger.
+
+    The CLI points the logger at the stderr of its moment and stops propagation; a later
+    test's ``caplog`` would then see nothing, and its records would go to a closed stream.
+    """
+    logger = logging.getLogger("gptforge")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved[0], saved[1], saved[2]
 
 
 @pytest.fixture

@@ -146,6 +146,8 @@ def wrap_model(model: torch.nn.Module, mode: str, device: torch.device) -> torch
         from torch.distributed.fsdp import fully_shard
 
         plain = _unwrap(model)  # under torch.compile: shard the module the compiled wrapper calls
+        if hasattr(plain, "sparse_embedding_grad"):
+            plain.sparse_embedding_grad = False  # sharded parameters take dense gradients only
         for block in getattr(getattr(plain, "transformer", plain), "h", []):
             fully_shard(block)
         fully_shard(plain)
