@@ -152,13 +152,14 @@ def _ordered_map(fn: Callable, chunks: Iterable, workers: int, init_args: tuple)
     (``Pool.imap`` would read the whole input ahead of the workers; this keeps
     ``2 * workers + 2`` chunks in flight, so memory stays flat.)
     """
+    tok = init_args[0]
+    if tok is not None and tok.encodes_without_gil:
+        # even one worker thread helps: this thread reads, hashes and writes meanwhile
+        yield from _ordered_thread_map(fn, chunks, workers, init_args)
+        return
     if workers == 1:
         readers.init_worker(*init_args)
         yield from map(fn, chunks)
-        return
-    tok = init_args[0]
-    if tok is not None and tok.encodes_without_gil:
-        yield from _ordered_thread_map(fn, chunks, workers, init_args)
         return
     args = (tok.to_dict() if tok is not None else None, *init_args[1:], True)
     ctx = mp.get_context("spawn")  # no fork of a process holding threads/locks
