@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from finetune_spam import DATA, REPO, ensure_base_model  # noqa: E402  (the shared base model)
+from finetune_spam import DATA, REPO, TOKENIZERS, ensure_base_model  # noqa: E402  (the shared base model)
 
 
 def _rss_mb() -> float:
@@ -73,7 +73,9 @@ def main() -> None:
     p.add_argument("--work", default=str(REPO / "runs" / "bench_finetune"), help="cache for the base and runs")
     p.add_argument("--data", default=str(DATA / "instruction-data.json"))
     p.add_argument("--device", default="cpu")
-    p.add_argument("--pretrain-steps", type=int, default=200, help="pretraining steps (8 x 128 tokens) of the base")
+    p.add_argument("--tokenizer", default="bpe8k", choices=TOKENIZERS, help="the base model's tokenizer")
+    p.add_argument("--pretrain-steps", type=int, default=300, help="pretraining steps (16 x 128 tokens) of the base")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=5e-4, help="full fine-tuning learning rate")
@@ -86,13 +88,18 @@ def main() -> None:
     p.add_argument("--base", help=argparse.SUPPRESS)
     args = p.parse_args()
     os.environ.setdefault("GPTFORGE_DATA_DIR", str(DATA))
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the pretraining subprocess too
+        import torch
+
+        torch.set_num_threads(args.threads)
     if args.variant:
         print(json.dumps(run_variant(args)))
         return
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    base = ensure_base_model(work, args.pretrain_steps, args.device)
+    base = ensure_base_model(work, args.pretrain_steps, args.device, args.tokenizer)
     results = {}
     for variant in ("full", "lora"):
         cmd = [sys.executable, __file__, *sys.argv[1:], "--variant", variant, "--base", str(base)]

@@ -120,6 +120,23 @@ def test_instruct_end_to_end_with_lora_merge(gf, tiny_model, tmp_path) -> None:
     assert not any("lora" in k for k in model.state_dict())
 
 
+def test_instruct_lora_on_the_tied_lm_head_saves_a_tied_gpt(gf, tiny_model, tmp_path) -> None:
+    records = [{"instruction": f"Name a {w}.", "output": w} for w in ["cat", "dog", "sun", "sky"] * 4]
+    data = tmp_path / "inst.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in records))
+    run = tmp_path / "hrun"
+    proc = gf("finetune", "instruct", "--model", str(tiny_model), "--data", str(data), "--out", str(run),
+               "--lora-rank", "2", "--lora-targets", "c_attn,lm_head", "--merge", "--epochs", "1", "--batch-size", "4",
+               "--val-fraction", "0.25", "--eval-samples", "0", "--no-progress")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    from gptforge.model.loading import load_model
+
+    model, base = load_model(run), load_model(tiny_model)
+    assert type(model) is GPT and model.config.tie_weights
+    assert model.lm_head.weight is model.transformer.wte.weight
+    assert not torch.equal(model.transformer.wte.weight, base.transformer.wte.weight)  # the adapter was folded in
+
+
 def test_bad_input(cli, gf, tiny_model, tmp_path) -> None:
     m = str(tiny_model)
     out = str(tmp_path / "never")
@@ -140,6 +157,8 @@ def test_bad_input(cli, gf, tiny_model, tmp_path) -> None:
     _assert_one_line_error(gf("finetune", "instruct", "--model", m, "--data", str(no_output), "--out", out),
                            "noout.json record 2", "output")  # fmt: skip
     _assert_one_line_error(gf("classify", "--model", m, "--text", "hi"), "not a classifier")
+    _assert_one_line_error(gf("finetune", "instruct", "--model", m, "--data", str(no_output), "--out", out,
+                              "--lora-rank", "4", "--lora-targets", "c_attn,lm_head"), "lm_head needs --merge")  # fmt: skip
     assert not Path(out).exists()
 
 
@@ -156,3 +175,27 @@ def test_too_long_records_skip_or_truncate(gf, tiny_model, tmp_path) -> None:
     proc = gf(*common, "--out", str(tmp_path / "s"), "--on-too-long", "skip")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["n_train"] == 3
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["instruct"], 5e-5),  # full fine-tuning
+        (["instruct", "--lora-rank", "8"], 5e-4),  # LoRA: its own default, 10x
+        (["instruct", "--lora-rank", "8", "--lr", "1e-3"], 1e-3),  # an explicit --lr always wins
+        (["instruct", "--lr", "2e-5"], 2e-5),
+        (["classify"], 5e-4),
+        (["classify", "--train", "lora"], 2e-3),
+        (["classify", "--train", "lora", "--lr", "3e-4"], 3e-4),
+    ],
+)
+def test_default_lr_depends_on_lora(argv: list[str], expected: float) -> None:
+    import argparse
+
+    from gptforge.cli import finetune
+
+    parser = argparse.ArgumentParser()
+    finetune.add_arguments(parser)
+    args = parser.parse_args([*argv, "--model", "m", "--data", "d", "--out", "o"])
+    lora = args.lora_rank > 0 if argv[0] == "instruct" else args.train == "lora"
+    assert finetune._loop(args, lora=lora).lr == expected

@@ -8,7 +8,13 @@ import torch.nn as nn
 
 from gptforge import GPT, GPTConfig
 from gptforge.errors import ConfigError
-from gptforge.finetune.lora import LoRALinear, apply_lora, count_trainable, merge_lora
+from gptforge.finetune.lora import (
+    LoRAEmbedding,
+    LoRALinear,
+    apply_lora,
+    count_trainable,
+    merge_lora,
+)
 
 
 def _tiny(seed: int = 0) -> GPT:
@@ -71,3 +77,35 @@ def test_bad_lora_arguments() -> None:
         apply_lora(_tiny(), targets=["q_proj"])
     with pytest.raises(ConfigError, match="rank must be > 0"):
         LoRALinear(nn.Linear(2, 2), rank=0, alpha=1.0)
+
+
+def _trained_looking(model: nn.Module) -> None:
+    torch.manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, LoRALinear):
+            nn.init.normal_(m.lora_B, std=0.2)
+
+
+def test_lm_head_target_adapts_the_tied_matrix_for_both_uses() -> None:
+    model, ref = _tiny(), _tiny()
+    idx = torch.randint(0, 61, (2, 10))
+    apply_lora(model, rank=4, alpha=8.0, targets=["c_attn", "lm_head"])
+    assert isinstance(model.transformer.wte, LoRAEmbedding)
+    torch.testing.assert_close(model(idx), ref(idx), rtol=0, atol=0)  # zero B: a no-op
+    trainable, _ = count_trainable(model)
+    assert trainable == 2 * 4 * (32 + 96) + 4 * (32 + 61)  # the head's A and B counted once
+    _trained_looking(model)
+    # the reference: the base model with W + (alpha/r) B A written into the shared matrix
+    head = model.lm_head
+    with torch.no_grad():
+        ref.transformer.wte.weight += (head.lora_B @ head.lora_A) * head.scaling
+        for name, m in model.named_modules():
+            if isinstance(m, LoRALinear) and name != "lm_head":
+                ref.get_submodule(name).weight += (m.lora_B @ m.lora_A) * m.scaling
+    adapted = model(idx)
+    torch.testing.assert_close(adapted, ref(idx), rtol=1e-5, atol=1e-5)
+    merge_lora(model)
+    assert type(model.transformer.wte) is nn.Embedding
+    assert model.lm_head.weight is model.transformer.wte.weight  # still tied: exportable
+    assert set(model.state_dict()) == set(_tiny().state_dict())
+    torch.testing.assert_close(model(idx), adapted, rtol=1e-5, atol=1e-5)

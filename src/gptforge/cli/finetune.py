@@ -12,13 +12,16 @@ import json
 from gptforge.errors import GptforgeError
 
 
-def _common(p: argparse.ArgumentParser, epochs: int, batch_size: int, lr: float) -> None:
+def _common(p: argparse.ArgumentParser, epochs: int, batch_size: int, lr: float, lora_lr: float) -> None:
     p.add_argument("--model", required=True, help="the base model: a model dir, run dir or GPT-2 folder")
     p.add_argument("--data", required=True, help="the training data file")
     p.add_argument("--out", required=True, help="the run dir to write (must not exist unless --overwrite)")
     p.add_argument("--epochs", type=int, default=epochs, help=f"passes over the training data (default {epochs})")
     p.add_argument("--batch-size", type=int, default=batch_size, help=f"examples per step (default {batch_size})")
-    p.add_argument("--lr", type=float, default=lr, help=f"peak learning rate, cosine-decayed (default {lr})")
+    p.add_argument("--lr", type=float, default=None,
+                   help=f"peak learning rate, cosine-decayed (default {lr}; {lora_lr} when LoRA trains: the "
+                        "adapters start at zero and hold few parameters, so they want a ~10x larger rate)")  # fmt: skip
+    p.set_defaults(_default_lr=lr, _default_lora_lr=lora_lr)
     p.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay on matrices (default 0.1)")
     p.add_argument("--max-length", type=int, default=None, help="tokens per example at most (default: block_size)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of records held out for validation")
@@ -37,7 +40,7 @@ def _common(p: argparse.ArgumentParser, epochs: int, batch_size: int, lr: float)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="finetune_command", metavar="TASK", parser_class=type(parser))
     c = sub.add_parser("classify", help="train a classification head (e.g. spam / not spam)")
-    _common(c, epochs=3, batch_size=16, lr=5e-4)
+    _common(c, epochs=3, batch_size=16, lr=5e-4, lora_lr=2e-3)
     c.add_argument("--text-column", default=None, help="column holding the text (default: text/sms/sentence...)")
     c.add_argument("--label-column", default=None, help="column holding the label (default: label/class...)")
     c.add_argument("--train", default="last-k", choices=["head", "last-k", "all", "lora"],
@@ -48,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     c.set_defaults(_run=run_classify)
 
     i = sub.add_parser("instruct", help="instruction / chat fine-tuning (loss on responses only)")
-    _common(i, epochs=2, batch_size=8, lr=5e-5)
+    _common(i, epochs=2, batch_size=8, lr=5e-5, lora_lr=5e-4)
     i.add_argument("--template", default="alpaca", choices=["alpaca", "chat"], help="prompt template (saved)")
     i.set_defaults(lora_rank=0)
     i.add_argument("--merge", action="store_true", help="fold LoRA adapters into the weights (exportable)")
@@ -62,11 +65,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             action.help = "LoRA rank r; 0 = full fine-tuning (default 0)"
 
 
-def _loop(args: argparse.Namespace):  # noqa: ANN202 - LoopConfig, imported lazily
+def _lr(args: argparse.Namespace, lora: bool) -> float:
+    """--lr if given, else the task's default for what trains (LoRA adapters or weights)."""
+    if args.lr is not None:
+        return args.lr
+    return args._default_lora_lr if lora else args._default_lr
+
+
+def _loop(args: argparse.Namespace, lora: bool):  # noqa: ANN202 - LoopConfig, imported lazily
     from gptforge.finetune.loop import LoopConfig
 
     return LoopConfig(
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+        epochs=args.epochs, batch_size=args.batch_size, lr=_lr(args, lora), weight_decay=args.weight_decay,
         seed=args.seed, sort_by_length=args.sort_by_length, progress=not args.no_progress,
     )  # fmt: skip
 
@@ -85,7 +95,7 @@ def run_classify(args: argparse.Namespace) -> int:
         lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
         lora_targets=_targets(args), device=args.device, overwrite=args.overwrite,
     )  # fmt: skip
-    results = run_classification(opts, _loop(args))
+    results = run_classification(opts, _loop(args, lora=args.train == "lora"))
     if args.json:
         print(json.dumps(results))
     else:
@@ -105,7 +115,7 @@ def run_instruct(args: argparse.Namespace) -> int:
         val_fraction=args.val_fraction, eval_samples=args.eval_samples, max_new_tokens=args.max_new_tokens,
         device=args.device, overwrite=args.overwrite,
     )  # fmt: skip
-    results = run_instruct(opts, _loop(args))
+    results = run_instruct(opts, _loop(args, lora=args.lora_rank > 0))
     if args.json:
         print(json.dumps(results))
     else:

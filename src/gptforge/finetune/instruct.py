@@ -199,6 +199,9 @@ def run_instruct(opts: InstructOptions, loop: LoopConfig) -> dict[str, Any]:
         raise ConfigError(f"output {out} already exists; pass --overwrite or choose another --out")
     if opts.lora_rank < 0:
         raise ConfigError(f"--lora-rank must be >= 0 (0 = full fine-tuning), got {opts.lora_rank}")
+    if opts.lora_rank > 0 and "lm_head" in opts.lora_targets and not opts.merge:
+        raise ConfigError("--lora-targets lm_head needs --merge (an adapter on the tied LM head/embedding "
+                          "is saved folded into the weights)")  # fmt: skip
     template = make_template(opts.template)
     conversations = read_instructions(opts.data)
     model = load_model(opts.model, device=opts.device)

@@ -22,6 +22,13 @@ Only A and B train: ``r * (in + out)`` numbers per layer instead of ``in * out``
 Because B starts at zero, the adapted model equals the base model at step 0.
 :func:`merge_lora` folds ``W + (alpha / r) B A`` back into plain ``nn.Linear``
 layers, so the result is an ordinary GPT that saves and exports like any other.
+
+The target ``lm_head`` adapts the (V, C) matrix that a tied GPT uses twice, as the LM
+head and as the token embedding: one update ``(alpha / r) B A`` (B (V, r), A (r, C)),
+read by both (:class:`LoRAEmbedding`), so merging keeps the tie. It is what lets LoRA
+move the output distribution token by token (a base pretrained on other text gives
+modern-English tokens low logits that the blocks alone can only shift in an
+n_embd-dimensional subspace); it costs ``r * (V + C)`` parameters.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import math
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from gptforge.errors import ConfigError
 
@@ -82,6 +90,31 @@ class LoRALinear(nn.Module):
         return f"rank={self.rank}, alpha={self.alpha}"
 
 
+class LoRAEmbedding(nn.Module):
+    """The token embedding of a tied GPT whose LM head is a :class:`LoRALinear`: it looks
+    rows up in ``W + (alpha / r) B A``, the same adapted matrix as the head.
+
+    The adapter (A, B) belongs to the head; this module keeps a reference to it outside
+    the module tree so the parameters are registered (and saved, and counted) once.
+    """
+
+    def __init__(self, base: nn.Embedding, head: LoRALinear) -> None:
+        super().__init__()
+        if base.weight is not head.base.weight:
+            raise ConfigError("LoRAEmbedding needs the embedding tied to the adapted LM head")
+        self.base = base
+        self._head = (head,)  # a tuple, not a submodule
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.base.weight
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        head = self._head[0]
+        rows = F.embedding(idx, head.lora_B)  # (..., r): the rows of B for these ids
+        return self.base(idx) + (rows @ head.lora_A) * head.scaling  # (..., C)
+
+
 def apply_lora(
     model: nn.Module,
     rank: int = 8,
@@ -93,7 +126,8 @@ def apply_lora(
 
     ``targets`` are the last component of a module name (``c_attn``, ``c_proj``,
     ``c_fc``, ``lm_head``). Everything else in the model is frozen; the caller may
-    unfreeze more (a classification head) afterwards.
+    unfreeze more (a classification head) afterwards. When ``lm_head`` is adapted and
+    tied to ``transformer.wte``, the embedding reads the same update (:class:`LoRAEmbedding`).
 
     Returns:
         the names of the wrapped modules.
@@ -111,15 +145,28 @@ def apply_lora(
                 wrapped.append(f"{name}.{child_name}" if name else child_name)
     if not wrapped:
         raise ConfigError(f"no nn.Linear named {list(targets)} in the model; LoRA targets are e.g. {list(DEFAULT_TARGETS)}")
+    head, transformer = getattr(model, "lm_head", None), getattr(model, "transformer", None)
+    wte = getattr(transformer, "wte", None)
+    if isinstance(head, LoRALinear) and isinstance(wte, nn.Embedding) and wte.weight is head.base.weight:
+        transformer.wte = LoRAEmbedding(wte, head)
     return wrapped
 
 
 def merge_lora(model: nn.Module) -> nn.Module:
-    """Replace every LoRALinear by a plain ``nn.Linear`` holding the merged weight (in place)."""
+    """Replace every LoRALinear by a plain ``nn.Linear`` holding the merged weight (in place);
+    a :class:`LoRAEmbedding` becomes an ``nn.Embedding`` tied to its merged head again."""
+    merged: dict[int, nn.Linear] = {}
     for module in list(model.modules()):
         for child_name, child in list(module.named_children()):
             if isinstance(child, LoRALinear):
-                setattr(module, child_name, child.merged())
+                merged[id(child)] = child.merged()
+                setattr(module, child_name, merged[id(child)])
+    for module in list(model.modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, LoRAEmbedding):
+                emb = child.base
+                emb.weight = merged[id(child._head[0])].weight  # the tie, restored
+                setattr(module, child_name, emb)
     return model
 
 
