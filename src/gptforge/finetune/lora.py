@@ -72,8 +72,10 @@ class LoRALinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)  # (..., out)
-        update = self.dropout(x) @ self.lora_A.t() @ self.lora_B.t()  # (..., r) -> (..., out)
-        return y + update * self.scaling
+        h = (self.dropout(x) @ self.lora_A.t()) * self.scaling  # (..., r): scale the small tensor
+        # y + h B^T in one kernel: no (..., out) temporaries beside y and the result
+        out = torch.addmm(y.reshape(-1, y.shape[-1]), h.reshape(-1, h.shape[-1]), self.lora_B.t())  # (N, out)
+        return out.view(y.shape)
 
     @torch.no_grad()
     def merged(self) -> nn.Linear:
@@ -112,7 +114,7 @@ class LoRAEmbedding(nn.Module):
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         head = self._head[0]
         rows = F.embedding(idx, head.lora_B)  # (..., r): the rows of B for these ids
-        return self.base(idx) + (rows @ head.lora_A) * head.scaling  # (..., C)
+        return self.base(idx) + (rows * head.scaling) @ head.lora_A  # (..., C)
 
 
 def apply_lora(
