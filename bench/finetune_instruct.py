@@ -117,11 +117,12 @@ def main() -> None:
     before = full["val_loss_before"]
     mem_key = "cuda_peak_mb" if args.device.startswith("cuda") else "peak_over_load_mb"
     print(f"\nInstruction fine-tuning ({args.epochs} epochs, batch {args.batch_size}, max length "
-          f"{args.max_length}, device {args.device}); base pretrained {args.pretrain_steps} steps")  # fmt: skip
+          f"{args.max_length}, lr full {args.lr} / LoRA {args.lora_lr}, device {args.device}); base: "
+          f"{args.tokenizer} tokenizer, pretrained {args.pretrain_steps} steps")  # fmt: skip
     print("| variant | held-out response loss | drop vs base | trained params | share | peak mem MiB | s |")
     print("|---|---|---|---|---|---|---|")
     print(f"| base model | {before:.4f} | - | - | - | - | - |")
-    for name, r in (("full fine-tuning", full), (f"LoRA r={args.lora_rank}", lora)):
+    for name, r in (("full fine-tuning", full), (f"LoRA r={args.lora_rank} ({args.lora_targets})", lora)):
         print(f"| {name} | {r['val_loss_after']:.4f} | {100 * (1 - r['val_loss_after'] / before):.1f}% | "
               f"{r['trainable_params']:,} | {100 * r['trainable_params'] / r['total_params']:.2f}% | "
               f"{r[mem_key]:.0f} | {r['seconds']:.0f} |")  # fmt: skip
