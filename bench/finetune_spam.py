@@ -15,7 +15,7 @@ The same shape, randomly initialised, is fine-tuned the same way to show what
 pretraining adds. Each seed draws its own balanced subset (747 ham + 747 spam), its own
 70/10/20 split, head init and batch order; the table gives every seed and the mean.
 
-  python bench/finetune_spam.py --threads 1                # CPU: 15 min on a busy 2-core machine, +8 to pretrain
+  python bench/finetune_spam.py --threads 1                # CPU: 6 fine-tunes of 1-3 min + ~5 min pretraining
   python bench/finetune_spam.py --device cuda --pretrain-steps 2000
 
 Prints a table and writes --work/spam_results.json.
