@@ -14,14 +14,14 @@ here). Our target: val loss <= 1.88.
 
 How much one figure says: the 20-batch estimate (15,360 val tokens) has a standard
 deviation of about 0.016 around the model's loss on the whole val split, and the
-seed changes the whole-split loss by about 0.01. nanoGPT's own loop, restated
-outside this repo (same initialisation, torch.randint windows, exact GELU; it gives
-1.8857 at seed 1337, the reference figure), over seeds 1, 2, 3, 4, 5, 1337: 20-batch
-val 1.873 / 1.896 / 1.888 / 1.919 / 1.906 / 1.886 (mean 1.895; one seed in six reaches
-1.88), whole split 1.891 / 1.908 / 1.904 / 1.920 / 1.912 / 1.898 (mean 1.906). So
-compare means over seeds (``--seeds 1,2,3,4,5,1337``) and the whole-split column,
-not one 20-batch figure. ``tests/train/test_train_vs_reference.py`` checks that our
-loop makes the same updates as nanoGPT's from the same weights and batches.
+seed moves the whole-split loss by about 0.01. nanoGPT's own loop, restated outside
+this repo (same initialisation, torch.randint windows, exact GELU; it gives 1.8857 at
+seed 1337, the reference figure), over seeds 1-9 and 1337: 20-batch val 1.874 to 1.933,
+mean 1.901 (one seed in ten reaches 1.88), whole split mean 1.906. Ours over the same
+seeds: 20-batch mean 1.911 (1.892 to 1.928), whole split mean 1.908 (+0.002, well within
+the seed noise). So compare means over seeds (``--seeds 1,2,3,4,5,6,7,8,9,1337``) and
+the whole-split column, not one 20-batch figure. ``tests/train/test_train_vs_reference.py``
+checks that our loop makes the same updates as nanoGPT's from the same weights and batches.
 """
 
 from __future__ import annotations
@@ -41,9 +41,9 @@ from gptforge.config import apply  # noqa: E402
 from gptforge.train.config import preset_config  # noqa: E402
 
 NANOGPT = {"wall_s": 87.0, "tokens_per_s": 20000.0, "val_loss": 1.886}  # measured by the lead on this machine
-# nanoGPT's loop restated (see the docstring), seeds 1, 2, 3, 4, 5, 1337:
+# nanoGPT's loop restated (see the docstring), seeds 1-9 and 1337:
 # the means of the 20-batch and of the whole-split val loss.
-NANOGPT_SEEDS = {"seeds": [1, 2, 3, 4, 5, 1337], "val_loss": 1.895, "val_loss_whole": 1.906}
+NANOGPT_SEEDS = {"seeds": [1, 2, 3, 4, 5, 6, 7, 8, 9, 1337], "val_loss": 1.9012, "val_loss_whole": 1.9055}
 TARGET = 1.88
 
 
@@ -113,7 +113,7 @@ def main() -> int:
                   f"{mean['wall_s']:>9.1f}{mean['tokens_per_s']:>11,.0f}")
         print(f"{'nanoGPT seed 1337 (reference)':<30}{NANOGPT['val_loss']:>10.4f}{'':>11}{NANOGPT['wall_s']:>9.1f}"
               f"{NANOGPT['tokens_per_s']:>11,.0f}")
-        print(f"{'nanoGPT loop, mean of 6 seeds':<30}{NANOGPT_SEEDS['val_loss']:>10.4f}"
+        print(f"{'nanoGPT loop, mean of 10 seeds':<30}{NANOGPT_SEEDS['val_loss']:>10.4f}"
               f"{NANOGPT_SEEDS['val_loss_whole']:>11.4f}")
         what = "val loss" if len(rows) == 1 else f"mean val loss over {len(rows)} seeds"
         print(f"target {what} <= {TARGET}: {'PASS' if ours['pass'] else 'FAIL'}; runs in {work}")
