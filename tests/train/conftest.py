@@ -36,6 +36,16 @@ def write_char_dataset(root: Path, text: str = TEXT, val_fraction: float = 0.1,
     return root
 
 
+@pytest.fixture
+def make_char_dataset():
+    """:func:`write_char_dataset` for tests that build a second dataset.
+
+    (A fixture, not ``from conftest import``: with several test folders holding a
+    conftest.py, that import finds whichever one was loaded first.)
+    """
+    return write_char_dataset
+
+
 @pytest.fixture(scope="session")
 def char_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_char_dataset(tmp_path_factory.mktemp("chardata") / "ds")

@@ -79,9 +79,9 @@ def _main(capsys: pytest.CaptureFixture, *argv: str) -> subprocess.CompletedProc
     return subprocess.CompletedProcess(argv, code, captured.out, captured.err)
 
 
-def test_bad_input_gives_one_line(char_data: Path, tmp_path: Path, cli, capsys: pytest.CaptureFixture) -> None:
-    from conftest import write_char_dataset
-
+def test_bad_input_gives_one_line(char_data: Path, tmp_path: Path, cli, capsys: pytest.CaptureFixture,
+                                  make_char_dataset) -> None:
+    write_char_dataset = make_char_dataset
     run = tmp_path / "run"
     ok = _main(capsys, "train", "--data", str(char_data), "--out", str(run), *TINY_FLAGS, "--train.max_steps", "2",
                "--log.progress", "false")

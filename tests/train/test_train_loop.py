@@ -108,9 +108,8 @@ def test_existing_run_dir_needs_resume_or_overwrite(char_data: Path, tmp_path: P
     assert r.step == 2
 
 
-def test_block_size_longer_than_the_data(tmp_path: Path) -> None:
-    from conftest import write_char_dataset
-
+def test_block_size_longer_than_the_data(tmp_path: Path, make_char_dataset) -> None:
+    write_char_dataset = make_char_dataset
     small = write_char_dataset(tmp_path / "small", text="to be or not to be\n" * 10)
     with pytest.raises(DataError, match="block_size"):
         Trainer(_cfg(small, **{"model.block_size": 64}), tmp_path / "run")

@@ -140,9 +140,8 @@ def test_no_good_checkpoint_is_an_error(char_data: Path, tmp_path: Path) -> None
         ckpt.find_resume_checkpoint(run)
 
 
-def test_resume_refuses_shape_and_tokenizer_changes(char_data: Path, tmp_path: Path) -> None:
-    from conftest import write_char_dataset
-
+def test_resume_refuses_shape_and_tokenizer_changes(char_data: Path, tmp_path: Path, make_char_dataset) -> None:
+    write_char_dataset = make_char_dataset
     run = tmp_path / "run"
     train(_cfg(char_data, **{"train.max_steps": 4}), run)
     with pytest.raises(GptforgeError, match="model.n_embd: 32 -> 64"):
