@@ -147,15 +147,22 @@ def split_by_shuffle(n: int, seed: int, val_fraction: float, test_fraction: floa
 
 # -- worker pool -------------------------------------------------------------------------------
 def _ordered_map(fn: Callable, chunks: Iterable, workers: int, init_args: tuple) -> Iterator:
-    """``map(fn, chunks)`` over ``workers`` processes, in order, with at most a few chunks in flight.
+    """``map(fn, chunks)`` over ``workers`` workers, in order, with at most a few chunks in flight.
 
-    (``Pool.imap`` would read the whole input ahead of the workers; this keeps
-    ``2 * workers + 2`` chunks in flight, so memory stays flat.)
+    Workers are threads when the tokenizer encodes outside the GIL (they share the
+    tokenizer and the chunks' memory, nothing is pickled; even one worker thread helps,
+    as this thread reads, hashes and writes meanwhile), else processes.
     """
     tok = init_args[0]
     if tok is not None and tok.encodes_without_gil:
-        # even one worker thread helps: this thread reads, hashes and writes meanwhile
-        yield from _ordered_thread_map(fn, chunks, workers, init_args)
+        from concurrent.futures import ThreadPoolExecutor
+
+        readers.init_worker(*init_args)
+        with ThreadPoolExecutor(workers, thread_name_prefix="prepare") as pool:
+            try:
+                yield from _in_order(lambda chunk: pool.submit(fn, chunk), lambda fut: fut.result(), chunks, workers)
+            finally:  # an error or Ctrl-C: drop what has not started
+                pool.shutdown(cancel_futures=True)
         return
     if workers == 1:
         readers.init_worker(*init_args)
@@ -164,36 +171,22 @@ def _ordered_map(fn: Callable, chunks: Iterable, workers: int, init_args: tuple)
     args = (tok.to_dict() if tok is not None else None, *init_args[1:], True)
     ctx = mp.get_context("spawn")  # no fork of a process holding threads/locks
     with ctx.Pool(workers, initializer=readers.init_worker, initargs=args) as pool:
-        pending: deque = deque()
-        for chunk in chunks:
-            pending.append(pool.apply_async(fn, (chunk,)))
-            if len(pending) >= 2 * workers + 2:
-                yield pending.popleft().get()
-        while pending:
-            yield pending.popleft().get()
+        yield from _in_order(lambda chunk: pool.apply_async(fn, (chunk,)), lambda res: res.get(), chunks, workers)
 
 
-def _ordered_thread_map(fn: Callable, chunks: Iterable, workers: int, init_args: tuple) -> Iterator:
-    """:func:`_ordered_map` over threads, for a tokenizer that encodes outside the GIL.
+def _in_order(submit: Callable, result: Callable, chunks: Iterable, workers: int) -> Iterator:
+    """Submit chunks and yield their results in order, keeping ``2 * workers + 2`` in flight.
 
-    Threads share the tokenizer and the chunks' memory, so nothing is pickled; the
-    encode itself (tiktoken's Rust code) runs on all cores at once.
+    (``Pool.imap`` would read the whole input ahead of the workers; the bound keeps
+    memory flat whatever the corpus size.)
     """
-    from concurrent.futures import ThreadPoolExecutor
-
-    readers.init_worker(*init_args)
-    with ThreadPoolExecutor(workers, thread_name_prefix="prepare") as pool:
-        pending: deque = deque()
-        try:
-            for chunk in chunks:
-                pending.append(pool.submit(fn, chunk))
-                if len(pending) >= 2 * workers + 2:
-                    yield pending.popleft().result()
-            while pending:
-                yield pending.popleft().result()
-        finally:  # an error or Ctrl-C: drop what has not started
-            for fut in pending:
-                fut.cancel()
+    pending: deque = deque()
+    for chunk in chunks:
+        pending.append(submit(chunk))
+        if len(pending) >= 2 * workers + 2:
+            yield result(pending.popleft())
+    while pending:
+        yield result(pending.popleft())
 
 
 def _progress(total: int | None, enabled: bool | None, desc: str) -> Any:

@@ -145,7 +145,9 @@ def wrap_model(model: torch.nn.Module, mode: str, device: torch.device) -> torch
     if mode == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
-        plain = _unwrap(model)  # under torch.compile: shard the module the compiled wrapper calls
+        from gptforge.model.loading import unwrap_model
+
+        plain = unwrap_model(model)  # under torch.compile: shard the module the compiled wrapper calls
         if hasattr(plain, "sparse_embedding_grad"):
             plain.sparse_embedding_grad = False  # sharded parameters take dense gradients only
         for block in getattr(getattr(plain, "transformer", plain), "h", []):
@@ -168,12 +170,6 @@ def micro_step_context(model: torch.nn.Module, micro_step: int, grad_accum: int)
     if hasattr(model, "set_requires_gradient_sync"):  # FSDP2
         model.set_requires_gradient_sync(last)
     return contextlib.nullcontext()
-
-
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    from gptforge.model.loading import unwrap_model
-
-    return unwrap_model(model)
 
 
 def is_fsdp(model: torch.nn.Module) -> bool:
