@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -42,6 +44,16 @@ def run_harness(
     return subprocess.run(
         harness_cmd(*args), cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
     )
+
+
+def run_harness_killed(*args: str, after_s: float, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Start the harness on ``args`` and SIGKILL it ``after_s`` seconds later (if it still runs)."""
+    proc = subprocess.Popen(harness_cmd(*args), cwd=REPO, env=child_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    time.sleep(after_s)
+    proc.send_signal(signal.SIGKILL)
+    out, err = proc.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 @pytest.fixture(scope="session")

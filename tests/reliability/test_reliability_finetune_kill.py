@@ -13,15 +13,13 @@ import json
 import random
 import signal
 import string
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from gptforge.io import load_safetensors
-from tests.reliability.conftest import REPO, child_env, harness_cmd, run_harness
+from tests.reliability.conftest import run_harness, run_harness_killed
 
 
 @pytest.fixture(scope="module")
@@ -74,15 +72,10 @@ def test_finetune_killed_anywhere_restarts_cleanly(
     for point, n in plan:
         cmd = [*flags, "--out", str(out)]
         if point == "random":
-            proc = subprocess.Popen(harness_cmd(*cmd), cwd=REPO, env=child_env(), stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True)  # fmt: skip
-            time.sleep(rng.uniform(1.0, 6.0))
-            proc.send_signal(signal.SIGKILL)
-            _, err = proc.communicate(timeout=300)
-            code = proc.returncode
+            res = run_harness_killed(*cmd, after_s=rng.uniform(1.0, 6.0))
         else:
             res = run_harness(*cmd, fi=f"{point}:{n}")
-            code, err = res.returncode, res.stderr
+        code, err = res.returncode, res.stderr
         assert "Traceback" not in err, err
         if code == -signal.SIGKILL:
             kills += 1

@@ -11,12 +11,10 @@ import json
 import random
 import shutil
 import signal
-import subprocess
-import time
 from pathlib import Path
 
 from gptforge.data.shards import open_dataset
-from tests.reliability.conftest import REPO, child_env, harness_cmd, run_harness
+from tests.reliability.conftest import run_harness, run_harness_killed
 
 FLAGS = ["--tokenizer", "char", "--shard-size", "700", "--val-fraction", "0.1", "--test-fraction", "0.1",
          "--no-progress"]  # fmt: skip
@@ -60,15 +58,10 @@ def test_prepare_killed_anywhere_leaves_nothing_or_a_complete_dataset(
     for point, n in plan:
         cmd = ["prepare", "--input", str(big), "--out", str(out), *FLAGS]
         if point == "random":
-            proc = subprocess.Popen(harness_cmd(*cmd), cwd=REPO, env=child_env(), stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True)  # fmt: skip
-            time.sleep(rng.uniform(0.05, 1.2))  # import, read, tokenize or write: wherever it is
-            proc.send_signal(signal.SIGKILL)
-            _, err = proc.communicate(timeout=300)
-            code = proc.returncode
+            res = run_harness_killed(*cmd, after_s=rng.uniform(0.05, 1.2))  # import, read, tokenize or write: wherever it is
         else:
             res = run_harness(*cmd, fi=f"{point}:{n}")
-            code, err = res.returncode, res.stderr
+        code, err = res.returncode, res.stderr
         assert "Traceback" not in err, err
         if code == -signal.SIGKILL:
             kills += 1

@@ -13,12 +13,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +126,17 @@ def _mutate(obj: Any, data: st.DataObject) -> Any:
     else:
         parent[key] = data.draw(ODD_VALUES)
     return obj
+
+
+@contextlib.contextmanager
+def _copy_with_mutated_json(src: Path, name: str, data: st.DataObject) -> Iterator[Path]:
+    """A temporary copy of the folder ``src`` whose JSON file ``name`` has one value mutated."""
+    original = json.loads((src / name).read_text())
+    with tempfile.TemporaryDirectory() as d:
+        folder = Path(d) / src.name
+        shutil.copytree(src, folder)
+        (folder / name).write_text(json.dumps(_mutate(original, data)))
+        yield folder
 
 
 @SETTINGS
@@ -254,11 +267,7 @@ def test_prepare_on_malformed_jsonl(lines: list[str]) -> None:
 def test_mutated_meta_json_is_a_data_error(char_ds: Path, data: st.DataObject) -> None:
     from gptforge.data.shards import open_dataset
 
-    meta = json.loads((char_ds / "meta.json").read_text())
-    with tempfile.TemporaryDirectory() as d:
-        ds = Path(d) / "ds"
-        shutil.copytree(char_ds, ds)
-        (ds / "meta.json").write_text(json.dumps(_mutate(meta, data)))
+    with _copy_with_mutated_json(char_ds, "meta.json", data) as ds:
         try:
             opened = open_dataset(ds)
         except DataError:
@@ -290,11 +299,7 @@ def test_mutated_model_config_is_a_clear_error(tiny_model_dir: Path, data: st.Da
 
     from gptforge.model.loading import load_model
 
-    config = json.loads((tiny_model_dir / "config.json").read_text())
-    with tempfile.TemporaryDirectory() as d:
-        model_dir = Path(d) / "model"
-        shutil.copytree(tiny_model_dir, model_dir)
-        (model_dir / "config.json").write_text(json.dumps(_mutate(config, data)))
+    with _copy_with_mutated_json(tiny_model_dir, "config.json", data) as model_dir:
         try:
             model = load_model(model_dir)
         except GptforgeError:
