@@ -50,7 +50,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="share of the data for test (default 0)",
     )
     parser.add_argument(
-        "--workers", type=int, default=1, metavar="N", help="tokenizer workers (default 1): threads for the gpt2 fast path, whose encoder releases the GIL; processes otherwise"
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="tokenizer workers (default 1): threads for the gpt2 fast path, whose encoder "
+        "releases the GIL; processes otherwise",
     )
     parser.add_argument(
         "--shard-size",
