@@ -66,7 +66,7 @@ def build_models(device: str, dtype: torch.dtype, with_hf: bool, seed: int = 0) 
                 if key in ours:  # HF Conv1D stores (in, out): transpose
                     value.copy_(ours[key].t() if key.endswith(conv1d) else ours[key])
         hf = hf.to(device=device, dtype=dtype)
-    from gptforge.generate.engine import prepare_for_decoding
+    from gptforge.generate.cpu_decoding import prepare_for_decoding
 
     return prepare_for_decoding(model.to(device=device, dtype=dtype)), hf
 

@@ -160,23 +160,3 @@ def test_greedy_equals_transformers_generate() -> None:
     expected = hf.generate(idx, attention_mask=torch.ones_like(idx), max_new_tokens=40, do_sample=False,
                            eos_token_id=None, pad_token_id=0)
     assert torch.equal(generate(model, idx, 40, temperature=0), expected)
-
-
-def test_prepare_for_decoding_keeps_values_tokens_and_saving(tmp_path) -> None:
-    from gptforge.generate.engine import prepare_for_decoding
-    from gptforge.model.loading import load_model, save_model
-
-    model = tiny_gpt()
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    idx = torch.tensor([[3, 1, 4, 1, 5]])
-    expected = generate(model, idx, 40, temperature=0)
-    prepare_for_decoding(model)
-    assert model.lm_head.weight is model.transformer.wte.weight  # still tied
-    assert not model.lm_head.weight.is_contiguous()  # now stored (in, out)
-    for k, v in model.state_dict().items():
-        assert torch.equal(v, before[k]), k
-    assert torch.equal(generate(model, idx, 40, temperature=0), expected)
-    save_model(model, tmp_path / "m")
-    again = load_model(tmp_path / "m")
-    for k, v in again.state_dict().items():
-        assert torch.equal(v, before[k]), k

@@ -81,7 +81,7 @@ def load_for_generation(args: argparse.Namespace) -> object:
     model = load_model(args.model, device=resolve_device(args.device, flag="--device"), dtype=dtype)
     if getattr(model, "tokenizer", None) is None:
         raise ModelError(f"the model at {args.model} has no tokenizer.json; save the model with its tokenizer")
-    from gptforge.generate.engine import prepare_for_decoding
+    from gptforge.generate.cpu_decoding import prepare_for_decoding
 
     return prepare_for_decoding(model)  # faster batch-1 decoding on CPU (see its docstring)
 

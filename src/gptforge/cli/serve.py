@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
             raise GptforgeError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if not 0 < args.port < 65536:
         raise GptforgeError(f"--port must be in 1..65535, got {args.port}")
-    from gptforge.generate.engine import prepare_for_decoding
+    from gptforge.generate.cpu_decoding import prepare_for_decoding
 
     # The same weight layout as `gptforge generate`, so equal seeds give equal text (and
     # batch-1 CPU decoding reads weights faster).

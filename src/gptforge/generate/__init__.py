@@ -3,7 +3,8 @@
 ``config`` holds :class:`GenerationConfig` (no torch import); ``sampling`` is pure
 functions on logits; ``engine`` turns a model and prompt ids into new ids (prefill
 once, then one token per step); ``text`` adds tokenization, UTF-8-safe streaming and
-stop strings; ``chat`` is the terminal chat session. Names below are imported lazily.
+stop strings; ``chat`` is the terminal chat session; ``cpu_decoding`` lays weights out
+for fast batch-1 decoding on the CPU. Names below are imported lazily.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ _LAZY = {
     "GenerationConfig": "gptforge.generate.config",
     "generate": "gptforge.generate.engine",
     "stream_tokens": "gptforge.generate.engine",
-    "prepare_for_decoding": "gptforge.generate.engine",
+    "prepare_for_decoding": "gptforge.generate.cpu_decoding",
     "TextChunk": "gptforge.generate.text",
     "TextStream": "gptforge.generate.text",
     "generate_text": "gptforge.generate.text",

@@ -38,28 +38,6 @@ from gptforge.generate.sampling import apply_frequency_penalty, apply_repetition
 logger = logging.getLogger(__name__)
 
 
-def prepare_for_decoding(model: torch.nn.Module) -> torch.nn.Module:
-    """Store every ``nn.Linear`` weight column-major, in place; returns ``model``.
-
-    Why: decoding one token at a time multiplies a vector by every weight matrix, and on
-    x86 CPUs PyTorch's matrix-vector kernel reads an (out, in) matrix faster when it lies in
-    memory as (in, out) (the layout of GPT-2's original Conv1D weights). On this project's
-    2-core benchmark machine a gpt2-124M-shaped model decodes about 1.1-1.2x faster (see
-    ``bench/generate.py``). Shapes, names, values and the tied embedding stay the same and
-    no memory is added (one matrix is copied at a time); sums may round differently in the
-    last bits. CPU float32 only (elsewhere nothing changes). ``gptforge generate``, ``chat``
-    and the benchmark call it; it is not applied behind a caller's back by :func:`generate`,
-    because training code may want its weights in the usual layout.
-    """
-    for mod in model.modules():
-        if isinstance(mod, torch.nn.Linear):
-            w = mod.weight
-            if w.device.type == "cpu" and w.dtype == torch.float32 and w.dim() == 2 and w.is_contiguous():
-                with torch.no_grad():
-                    w.data = w.data.t().contiguous().t()  # same (out, in) shape, strides (1, out)
-    return model
-
-
 def _check_left_padded(mask: torch.Tensor) -> None:
     """Padding must be on the left (0...0 1...1) with at least one real token per row."""
     m = mask.to("cpu", torch.int64)
