@@ -46,6 +46,7 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 
+from gptforge.generate.cpu_decoding import prepare_for_decoding  # noqa: E402
 from gptforge.model.config import GPTConfig  # noqa: E402
 from gptforge.model.gpt import GPT  # noqa: E402
 from gptforge.model.loading import load_model, save_model  # noqa: E402
@@ -185,6 +186,8 @@ def bench_model(
             rows.append({"model": name, "variant": label, "file_bytes": None})
             models[label] = (m, True)
     prompt = windows[:1, :16].to(device)
+    for m, _ in models.values():
+        prepare_for_decoding(m)  # as `gptforge generate` runs them (CPU layout; values unchanged)
     speeds: dict[str, list[float]] = {r["variant"]: [] for r in rows}
     for _ in range(args.repeats):  # interleaved, so background load hits every variant alike
         for label, (m, timed) in models.items():

@@ -126,6 +126,25 @@ def test_module_swap_equals_float_model_with_dequantized_weights(
     )
 
 
+@pytest.mark.parametrize("method", ["int8", "int4"])
+def test_quantize_and_cpu_decoding_layout_commute(trained, method: str) -> None:
+    """Quantizing a model prepared for decoding (column-major weights) stores the same
+    integers as quantizing the original; preparing a quantized model keeps its tokens."""
+    from gptforge.generate.cpu_decoding import ThreadSplitLinear, prepare_for_decoding
+
+    model, windows = trained
+    plain = quantize(copy.deepcopy(model), method, group_size=32)
+    from_prepared = quantize(prepare_for_decoding(copy.deepcopy(model)), method, group_size=32)
+    for (k, a), (k2, b) in zip(plain.state_dict().items(), from_prepared.state_dict().items()):
+        assert k == k2 and torch.equal(a, b), k
+    prompt = windows[:1, :8]
+    expected = plain.generate(prompt, 12, temperature=0.0)
+    prepare_for_decoding(plain)
+    assert type(plain.lm_head) is ThreadSplitLinear  # the float head is the one layer left to split
+    assert torch.equal(plain.generate(prompt, 12, temperature=0.0), expected)
+    assert torch.equal(from_prepared.generate(prompt, 12, temperature=0.0), expected)
+
+
 def test_embeddings_and_tied_head_share_one_quantized_tensor(trained, tmp_path: Path) -> None:
     model, windows = trained
     assert model.config.tie_weights

@@ -91,6 +91,11 @@ def _column_major(weight: torch.Tensor) -> None:
         weight.data = weight.data.t().contiguous().t()
 
 
+def _plain_cpu_float32(w: torch.Tensor) -> bool:
+    """A dense CPU float32 tensor (not a tensor subclass such as torchao's quantized weights)."""
+    return type(w.data) is torch.Tensor and w.device.type == "cpu" and w.dtype == torch.float32
+
+
 def prepare_for_decoding(model: nn.Module) -> nn.Module:
     """Make batch-1 CPU decoding faster, in place (see the module docstring); returns ``model``.
 
@@ -102,9 +107,9 @@ def prepare_for_decoding(model: nn.Module) -> nn.Module:
     """
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            w = getattr(child, "weight", None)
-            if type(child) is not nn.Linear or w.device.type != "cpu" or w.dtype != torch.float32:
+            if type(child) is not nn.Linear or not _plain_cpu_float32(child.weight):
                 continue
+            w = child.weight
             if w.is_contiguous():
                 _column_major(w)  # a tied LM head shares this tensor with the embedding: re-stored once
             setattr(parent, name, ThreadSplitLinear.from_linear(child))

@@ -34,7 +34,12 @@ BACKENDS = ("auto", "reference")
 def quantize_weight(
     weight: torch.Tensor, method: str, group_size: int, symmetric: bool
 ) -> dict[str, torch.Tensor]:
-    """The stored tensors (``qweight``, ``scales``[, ``zeros``]) for one float weight (N, K)."""
+    """The stored tensors (``qweight``, ``scales``[, ``zeros``]) for one float weight (N, K).
+
+    The weight is read row-major first: a column-major one (``prepare_for_decoding``)
+    would otherwise give column-major integer weights, which the CPU kernels refuse.
+    """
+    weight = weight.contiguous()
     if method == "int4":
         packed, scales, zeros = int4.quantize_int4(weight, group_size, symmetric)
         out = {"qweight": packed, "scales": scales}

@@ -189,7 +189,12 @@ def build_report(
             "tensor_bytes": tensor_bytes(model),
             "quantized_layers_bytes": linear_weight_bytes(model, names),
         }
-    # Speed: alternate the two models so that load from other processes hits both alike.
+    # Speed: timed as `gptforge generate` runs them (CPU weight layout, values unchanged), and
+    # alternated so that load from other processes hits both alike.
+    from gptforge.generate.cpu_decoding import prepare_for_decoding
+
+    prepare_for_decoding(original)
+    prepare_for_decoding(quantized)
     speeds: dict[str, list[float]] = {"original": [], "quantized": []}
     for _ in range(repeats):
         speeds["original"].append(decode_tokens_per_s(original, prompt, new_tokens))
