@@ -77,8 +77,10 @@ def test_thread_split_linear_takes_each_path(three_threads, monkeypatch) -> None
     assert calls == [few.shape]  # one thread: F.linear
 
 
-def test_prepare_for_decoding_keeps_values_tokens_and_saving(three_threads, tmp_path) -> None:
+def test_prepare_for_decoding_keeps_values_tokens_and_saving(three_threads, tmp_path, monkeypatch) -> None:
     from gptforge.model.loading import load_model, save_model
+
+    monkeypatch.setattr("gptforge.generate.cpu_decoding.SPLIT_MIN_WEIGHTS", 0)  # split even tiny layers
 
     model = tiny_gpt()
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -100,6 +102,14 @@ def test_prepare_for_decoding_keeps_values_tokens_and_saving(three_threads, tmp_
     again = load_model(tmp_path / "m")
     for k, v in again.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+def test_prepare_for_decoding_splits_only_large_layers() -> None:
+    model = tiny_gpt(vocab_size=5000)  # LM head 5000 x 32 = 160,000 weights; block layers <= 4,096
+    prepare_for_decoding(model)
+    assert type(model.lm_head) is ThreadSplitLinear
+    block = model.transformer.h[0]
+    assert type(block.mlp.c_fc) is torch.nn.Linear and not block.mlp.c_fc.weight.is_contiguous()
 
 
 def test_prepare_for_decoding_leaves_other_dtypes_alone() -> None:

@@ -127,10 +127,12 @@ def test_module_swap_equals_float_model_with_dequantized_weights(
 
 
 @pytest.mark.parametrize("method", ["int8", "int4"])
-def test_quantize_and_cpu_decoding_layout_commute(trained, method: str) -> None:
+def test_quantize_and_cpu_decoding_layout_commute(trained, method: str, monkeypatch) -> None:
     """Quantizing a model prepared for decoding (column-major weights) stores the same
     integers as quantizing the original; preparing a quantized model keeps its tokens."""
     from gptforge.generate.cpu_decoding import ThreadSplitLinear, prepare_for_decoding
+
+    monkeypatch.setattr("gptforge.generate.cpu_decoding.SPLIT_MIN_WEIGHTS", 0)  # split even tiny layers
 
     model, windows = trained
     plain = quantize(copy.deepcopy(model), method, group_size=32)
