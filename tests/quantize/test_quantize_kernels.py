@@ -138,10 +138,11 @@ def test_int8_dynamic_within_activation_rounding_bound() -> None:
 
 @pytest.mark.skipif(not int4.kernel_available(), reason="no int4 CPU kernel in this torch")
 @pytest.mark.parametrize("symmetric", [False, True])
-def test_int4_kernel_matches_dequantize_reference(symmetric: bool) -> None:
-    w = _weights(n=64, k=128)
+@pytest.mark.parametrize("n", [64, 37])  # 37: not a multiple of 16, the kernel gets padding rows
+def test_int4_kernel_matches_dequantize_reference(symmetric: bool, n: int) -> None:
+    w = _weights(n=n, k=128)
     packed, scales, zeros = int4.quantize_int4(w, 32, symmetric)
-    assert int4.Int4CpuKernel.accepts(64, 128)
+    assert int4.Int4CpuKernel.accepts(n, 128)
     kernel = int4.Int4CpuKernel(packed, scales, zeros)
     x = torch.randn(3, 128, generator=torch.Generator().manual_seed(4))
     deq = int4.dequantize_int4(packed, scales, zeros)

@@ -115,7 +115,8 @@ class Int4CpuKernel:
 
     It holds the kernel's packed weight (the same byte count as ``packed``) and the
     scales/zeros as bf16 (K / g, N, 2), where the kernel's zero is
-    ``zero + 8 * scale`` (asymmetric) or 0 (symmetric).
+    ``zero + 8 * scale`` (asymmetric) or 0 (symmetric). The kernel wants N a multiple of
+    16, so other N (a 50,257-row LM head) get zero rows appended whose outputs are cut off.
     """
 
     def __init__(
@@ -124,21 +125,23 @@ class Int4CpuKernel:
         N, G = scales.shape
         self.group_size = packed.shape[1] * 2 // G
         self.out_features = N
+        pad = -N % 16  # rows added for the kernel (weight 0, scale 0, zero 0: output 0)
         q = unpack_int4(packed).to(torch.int32)  # (N, K) 0..15
+        q = torch.nn.functional.pad(q, (0, 0, 0, pad))  # (N + pad, K)
         self.weight = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.contiguous(), 1)
         kzero = (
             zeros.float() + 8 * scales.float() if zeros is not None else torch.zeros_like(scales)
         )
         self.scale_zeros = (
-            torch.stack((scales.float(), kzero.float()), dim=-1)
+            torch.nn.functional.pad(torch.stack((scales.float(), kzero.float()), dim=-1), (0, 0, 0, 0, 0, pad))
             .transpose(0, 1)
             .contiguous()
             .to(torch.bfloat16)
-        )  # (G, N, 2)
+        )  # (G, N + pad, 2)
 
     @staticmethod
     def accepts(out_features: int, in_features: int) -> bool:
-        return kernel_available() and out_features % 16 == 0 and in_features % 2 == 0
+        return kernel_available() and in_features % 2 == 0
 
     def __call__(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         shape = x.shape
@@ -146,7 +149,7 @@ class Int4CpuKernel:
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(
             x2, self.weight, self.group_size, self.scale_zeros
         )
-        y = y.to(x.dtype)  # (M, N)
+        y = y[:, : self.out_features].to(x.dtype)  # (M, N): padding rows cut off
         if bias is not None:
             y = y + bias.to(x.dtype)
-        return y.view(*shape[:-1], self.out_features)  # (..., N)
+        return y.reshape(*shape[:-1], self.out_features)  # (..., N)
