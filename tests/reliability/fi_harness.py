@@ -14,6 +14,7 @@ runs ``gptforge ARGS`` unchanged. Points (they wrap real functions, nothing is s
   final       ``final/`` written in its temp folder, not yet renamed
   shard       (prepare) after the N-th shard/meta write inside the temp output folder
   ft_step     (finetune) after the N-th optimizer step of the fine-tuning loop
+  ft_ckpt     (finetune) inside the N-th progress checkpoint: weights written, state.json not yet
 """
 
 from __future__ import annotations
@@ -106,6 +107,10 @@ def install() -> None:
         import torch
 
         torch.optim.AdamW.step = _after(torch.optim.AdamW.step, "ft_step")
+    elif point == "ft_ckpt":
+        from gptforge.finetune import resume
+
+        resume.save_safetensors = _after(resume.save_safetensors, "ft_ckpt")
 
 
 if __name__ == "__main__":

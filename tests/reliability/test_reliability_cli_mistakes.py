@@ -74,6 +74,7 @@ CATALOGUE: list[tuple[str, list[str], str]] = [
     # -- fine-tuning
     ("finetune-data-missing", ["finetune", "instruct", "--model", "{model}", "--data", "{missing}", "--out", "{out}"], "no/such/path"),
     ("finetune-zero-epochs", ["finetune", "instruct", "--model", "{model}", "--data", "{instr}", "--out", "{out}", "--epochs", "0"], "epochs"),
+    ("finetune-negative-checkpoint-every", ["finetune", "instruct", "--model", "{model}", "--data", "{instr}", "--out", "{out}", "--checkpoint-every", "-1"], "--checkpoint-every"),
     ("finetune-out-exists", ["finetune", "instruct", "--model", "{model}", "--data", "{instr}", "--out", "{existing}"], "exists"),
     ("classify-data-without-labels", ["finetune", "classify", "--model", "{model}", "--data", "{instr}", "--out", "{out}"], "column"),
     # -- serving

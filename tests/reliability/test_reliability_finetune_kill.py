@@ -1,10 +1,11 @@
 """SIGKILL `gptforge finetune instruct` at random moments.
 
-What fine-tuning supports today: no checkpoints and no --resume; the whole run dir is built
-in a temporary folder and renamed when complete. So the contract tested here is a clean
-restart: after any kill ``--out`` does not exist (nothing half-written looks like a result),
-the same command then runs without --overwrite, and its result is bitwise the result of an
-uninterrupted run with the same seed.
+A fine-tuning run dir is built in a temporary folder and renamed when complete, and the
+run keeps progress checkpoints beside it (``.OUT.resume/``, here every 2 steps). The
+contract tested: after any kill ``--out`` does not exist (nothing half-written looks like a
+result); the same command, without --overwrite, continues from the last complete
+checkpoint (a kill inside a checkpoint's writing leaves the previous one); and the final
+result is bitwise the result of an uninterrupted run with the same seed.
 """
 
 from __future__ import annotations
@@ -47,8 +48,8 @@ def _records() -> list[dict[str, str]]:
             for w in (rng.choice(words) for _ in range(48))]  # fmt: skip
 
 
-FAST_PLAN = [("ft_step", 5)]
-SLOW_PLAN = [("ft_step", 1), ("ft_step", 5), ("ft_step", 11), ("random", 0), ("random", 0)]
+FAST_PLAN = [("ft_step", 5), ("ft_ckpt", 2)]
+SLOW_PLAN = [("ft_step", 1), ("ft_step", 5), ("ft_ckpt", 2), ("ft_step", 11), ("random", 0), ("random", 0)]
 
 
 @pytest.mark.parametrize(
@@ -61,14 +62,14 @@ def test_finetune_killed_anywhere_restarts_cleanly(
     data.write_text(json.dumps(_records()))
     flags = ["finetune", "instruct", "--model", str(base_model), "--data", str(data), "--epochs", "2",
              "--batch-size", "4", "--lr", "1e-3", "--eval-samples", "2", "--max-new-tokens", "4",
-             "--no-progress"]  # fmt: skip
+             "--checkpoint-every", "2", "--no-progress"]  # fmt: skip
     ref = tmp_path / "reference"
     r = run_harness(*flags, "--out", str(ref))
     assert r.returncode == 0, r.stderr
 
     out = tmp_path / "killed"
     rng = random.Random(3)
-    kills = 0
+    kills, resumed = 0, 0
     for point, n in plan:
         cmd = [*flags, "--out", str(out)]
         if point == "random":
@@ -77,6 +78,7 @@ def test_finetune_killed_anywhere_restarts_cleanly(
             res = run_harness(*cmd, fi=f"{point}:{n}")
         code, err = res.returncode, res.stderr
         assert "Traceback" not in err, err
+        resumed += "resuming from step" in err
         if code == -signal.SIGKILL:
             kills += 1
             if out.exists():
@@ -91,6 +93,7 @@ def test_finetune_killed_anywhere_restarts_cleanly(
             assert code == 0, err  # finished before the random kill: a complete result
             break
     assert kills >= min(3, len(plan))
+    assert resumed >= 1  # the run after the kill at step 5 continued from step 4
     if not out.exists():
         r = run_harness(*flags, "--out", str(out))  # no --overwrite needed after a kill
         assert r.returncode == 0, r.stderr
@@ -101,4 +104,4 @@ def test_finetune_killed_anywhere_restarts_cleanly(
         assert torch.equal(wa[k], wb[k]), k
     ra, rb = (json.loads((d / "results.json").read_text()) for d in (ref, out))
     assert ra["val_loss_after"] == rb["val_loss_after"]
-    print(f"\nreliability: finetune kills={kills} (clean restart, bitwise equal)")
+    print(f"\nreliability: finetune kills={kills}, resumed runs={resumed} (bitwise equal)")

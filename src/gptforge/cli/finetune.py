@@ -32,7 +32,10 @@ def _common(p: argparse.ArgumentParser, epochs: int, batch_size: int, lr: float,
     p.add_argument("--lora-dropout", type=float, default=0.05, help="dropout on the LoRA input")
     p.add_argument("--lora-targets", default="c_attn,c_proj,c_fc", help="comma-separated layer names to adapt")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default cpu)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--checkpoint-every", type=int, default=100,
+                   help="steps between progress checkpoints kept beside --out (and one per epoch); a stopped "
+                        "run continues from the last when the same command runs again; 0: none (default 100)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out (and start over)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--json", action="store_true", help="print results.json as one JSON object on stdout")
 
@@ -77,7 +80,8 @@ def _loop(args: argparse.Namespace, lora: bool):  # noqa: ANN202 - LoopConfig, i
 
     return LoopConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=_lr(args, lora), weight_decay=args.weight_decay,
-        seed=args.seed, sort_by_length=args.sort_by_length, progress=not args.no_progress,
+        seed=args.seed, sort_by_length=args.sort_by_length, checkpoint_every=args.checkpoint_every,
+        progress=not args.no_progress,
     )  # fmt: skip
 
 

@@ -191,6 +191,7 @@ def run_instruct(opts: InstructOptions, loop: LoopConfig) -> dict[str, Any]:
     """
     from gptforge.finetune.data import read_instructions, split_records
     from gptforge.finetune.lora import apply_lora, count_trainable, lora_config_entry, merge_lora
+    from gptforge.finetune.resume import discard_progress, resume_dir_for, run_fingerprint
     from gptforge.io import atomic_dir, write_json
     from gptforge.model.loading import load_model, save_model
 
@@ -220,13 +221,19 @@ def run_instruct(opts: InstructOptions, loop: LoopConfig) -> dict[str, Any]:
     val_before = evaluate(model, task, val, loop.batch_size)
     logger.info("held-out response loss before: %.4f", val_before)
     if opts.lora_rank > 0:
+        torch.manual_seed(loop.seed)  # the adapters' initial weights
         apply_lora(model, opts.lora_rank, opts.lora_alpha, opts.lora_dropout, opts.lora_targets)
     else:
         model.requires_grad_(True)
     trainable, total = count_trainable(model)
     logger.info("training %d of %d parameters (%.2f%%)", trainable, total, 100 * trainable / total)
+    progress = resume_dir_for(out)  # a stopped run's checkpoint, continued from if present
+    if opts.overwrite:
+        discard_progress(progress)
+    fingerprint = run_fingerprint("instruct", opts, loop)
     with atomic_dir(out, overwrite=opts.overwrite) as tmp:
-        history = finetune(model, task, train, val, loop, metrics_path=tmp / "metrics.jsonl")
+        history = finetune(model, task, train, val, loop, metrics_path=tmp / "metrics.jsonl",
+                           progress_dir=progress, fingerprint=fingerprint)
         val_after = evaluate(model, task, val, loop.batch_size)
         if opts.lora_rank > 0 and opts.merge:
             merge_lora(model)
@@ -257,4 +264,5 @@ def run_instruct(opts: InstructOptions, loop: LoopConfig) -> dict[str, Any]:
             "data": str(opts.data),
         }
         write_json(tmp / "results.json", results)
+    discard_progress(progress)  # complete: nothing left to resume
     return results

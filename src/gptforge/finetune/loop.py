@@ -55,6 +55,7 @@ class LoopConfig:
     seed: int = 123
     sort_by_length: bool = False
     log_interval: int = 10
+    checkpoint_every: int = 100  # steps between progress checkpoints (and at each epoch end); 0: none
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -63,6 +64,8 @@ class LoopConfig:
             problems.append(f"--epochs ({self.epochs}) and --batch-size ({self.batch_size}) must be >= 1")
         if not self.lr > 0:
             problems.append(f"--lr must be > 0, got {self.lr}")
+        if self.checkpoint_every < 0:
+            problems.append(f"--checkpoint-every must be >= 0 (0: no checkpoints), got {self.checkpoint_every}")
         if problems:
             raise ConfigError("; ".join(problems))
 
@@ -111,12 +114,17 @@ def finetune(
     val: list[Any],
     cfg: LoopConfig,
     metrics_path: str | Path | None = None,
+    progress_dir: Path | None = None,
+    fingerprint: dict[str, Any] | None = None,
 ) -> list[dict[str, float]]:
     """Train the parameters of ``model`` that require grad; returns the metrics lines.
 
-    Evaluates on ``val`` after every epoch. Ctrl-C propagates (the caller saves nothing
-    half-done: model dirs are written atomically after training).
+    Evaluates on ``val`` after every epoch. With ``progress_dir``, a checkpoint found there
+    (see :mod:`gptforge.finetune.resume`) is continued from, and a new one is written every
+    ``cfg.checkpoint_every`` steps and at each epoch end. Ctrl-C propagates (the caller
+    saves nothing half-done: model dirs are written atomically after training).
     """
+    from gptforge.finetune.resume import load_progress, save_progress
     from gptforge.train.config import TrainConfig
     from gptforge.train.optim import param_groups
     from gptforge.train.schedule import lr_at
@@ -139,7 +147,14 @@ def finetune(
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999))
     torch.manual_seed(cfg.seed)  # dropout masks
     history: list[dict[str, float]] = []
+    step, tokens = 0, 0
+    saved = load_progress(progress_dir, model, optimizer, fingerprint or {}) if progress_dir else None
+    if saved is not None:  # model, optimizer and RNG restored: continue after its last step
+        step, tokens, history = saved["step"], saved["tokens"], saved["history"]
+        logger.info("resuming from step %d of %d (checkpoint %s)", step, total_steps, progress_dir)
     out = open(metrics_path, "a", encoding="utf-8") if metrics_path else None  # noqa: SIM115
+    if out is not None:
+        out.writelines(json.dumps(line) + "\n" for line in history)
 
     def log(line: dict[str, float]) -> None:
         history.append(line)
@@ -147,14 +162,20 @@ def finetune(
             out.write(json.dumps(line) + "\n")
             out.flush()
 
+    def checkpoint() -> None:
+        if progress_dir is not None and cfg.checkpoint_every > 0:
+            state = {"step": step, "tokens": tokens, "history": history}
+            save_progress(progress_dir, model, optimizer, state, fingerprint or {})
+
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total_steps, desc="finetune", unit="step", disable=not cfg.progress, leave=False)
-    step, tokens, t0 = 0, 0, time.perf_counter()
+    bar = tqdm(total=total_steps, initial=step, desc="finetune", unit="step", disable=not cfg.progress, leave=False)
+    t0, tokens_at_t0 = time.perf_counter(), tokens
     try:
         model.train()
-        for epoch in range(cfg.epochs):
-            for batch_examples in make_batches(train, task, cfg.batch_size, cfg.seed + epoch, cfg.sort_by_length):
+        for epoch in range(step // steps_per_epoch, cfg.epochs):
+            batches = make_batches(train, task, cfg.batch_size, cfg.seed + epoch, cfg.sort_by_length)
+            for batch_examples in batches[step - epoch * steps_per_epoch :]:  # all but the resumed ones
                 lr = lr_at(step, sched)
                 for g in optimizer.param_groups:
                     g["lr"] = lr
@@ -175,10 +196,13 @@ def finetune(
                 if step % cfg.log_interval == 0 or step == total_steps:
                     dt = time.perf_counter() - t0
                     log({"step": step, "tokens": tokens, "epoch": epoch + 1, "loss": loss_value, "lr": lr,
-                         "tokens_per_s": tokens / dt if dt > 0 else 0.0})  # fmt: skip
+                         "tokens_per_s": (tokens - tokens_at_t0) / dt if dt > 0 else 0.0})  # fmt: skip
+                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step % steps_per_epoch:
+                    checkpoint()  # (an epoch's last step is saved below, after its evaluation)
             val_loss = evaluate(model, task, val, cfg.batch_size)
             log({"step": step, "tokens": tokens, "epoch": epoch + 1, "val_loss": val_loss})
             logger.info("epoch %d/%d: val loss %.4f", epoch + 1, cfg.epochs, val_loss)
+            checkpoint()
     finally:
         bar.close()
         if out is not None:
