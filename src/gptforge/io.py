@@ -13,7 +13,9 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -122,6 +124,44 @@ def check_format_version(obj: dict, path: str | os.PathLike, what: str) -> dict:
     return obj
 
 
+def _temp_tag() -> str:
+    """``HOST-PID``, in the names of this process's temporary folders: a later process can
+    then tell the leftovers of a killed one (same host, process gone) from live work."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+def sweep_leftovers(folder: Path) -> list[Path]:
+    """Remove the temporary folders that killed processes on this host left in ``folder``.
+
+    :func:`atomic_dir` names them ``.NAME.tmp-HOST-PID-XXXX`` (and ``.NAME.old-HOST-PID-``
+    while swapping); a SIGKILL gives no chance to remove them. Only entries of this host
+    whose process is gone are removed (a folder on a shared disk may hold another host's
+    live work). Returns what was removed.
+    """
+    pattern = re.compile(rf"^\..+\.(?:tmp|old)-{re.escape(socket.gethostname())}-(\d+)-")
+    removed = []
+    with contextlib.suppress(OSError):
+        for entry in folder.iterdir():
+            m = pattern.match(entry.name)
+            if m and not _pid_alive(int(m.group(1))):
+                if entry.is_dir():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+                removed.append(entry)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_dir(final: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Build a directory under a temporary name and rename it to ``final`` when complete.
@@ -132,18 +172,20 @@ def atomic_dir(final: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
             write files into tmp
         # now `out` exists and is complete
 
-    If the block raises (or the process is killed), ``final`` is untouched and the
-    temporary folder (``.final.tmp-XXXX``) is removed or left clearly marked.
+    If the block raises, ``final`` is untouched and the temporary folder is removed. If
+    the process is killed, the folder (``.final.tmp-HOST-PID-XXXX``) stays until the next
+    ``atomic_dir`` in the same parent folder sweeps it (:func:`sweep_leftovers`).
     """
     final = Path(final)
     if final.exists() and not overwrite:
         raise GptforgeError(f"output {final} already exists; pass --overwrite or choose another path")
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    sweep_leftovers(final.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{_temp_tag()}-", dir=final.parent))
     try:
         yield tmp
         if final.exists():
-            trash = final.with_name(f".{final.name}.old-{os.getpid()}")
+            trash = final.with_name(f".{final.name}.old-{_temp_tag()}-")
             os.replace(final, trash)
             os.replace(tmp, final)
             shutil.rmtree(trash, ignore_errors=True)

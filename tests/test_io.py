@@ -1,0 +1,64 @@
+"""``io.atomic_dir``: complete or absent, and the leftovers of a killed writer are swept."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gptforge.errors import GptforgeError
+from gptforge.io import atomic_dir, sweep_leftovers
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_atomic_dir_is_complete_or_absent(tmp_path: Path) -> None:
+    with atomic_dir(tmp_path / "out") as tmp:
+        (tmp / "a").write_text("1")
+    assert (tmp_path / "out" / "a").read_text() == "1"
+    with pytest.raises(GptforgeError, match="already exists"):
+        with atomic_dir(tmp_path / "out"):
+            pass
+    with pytest.raises(RuntimeError):
+        with atomic_dir(tmp_path / "out", overwrite=True) as tmp:
+            (tmp / "a").write_text("2")
+            raise RuntimeError
+    assert (tmp_path / "out" / "a").read_text() == "1"  # the old one is untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary folder left
+
+
+def test_leftovers_of_a_killed_writer_are_swept(tmp_path: Path) -> None:
+    """A real SIGKILL inside atomic_dir leaves its folder; the next atomic_dir removes it,
+    and keeps the live work of this process and other hosts' folders."""
+    code = (
+        "import os, signal, sys\n"
+        "from gptforge.io import atomic_dir\n"
+        "with atomic_dir(sys.argv[1]) as tmp:\n"
+        "    (tmp / 'half').write_text('x')\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run")], check=False)
+    assert proc.returncode == -signal.SIGKILL
+    leftovers = [p for p in tmp_path.iterdir() if p.name.startswith(".run.tmp-")]
+    assert len(leftovers) == 1 and (leftovers[0] / "half").is_file()
+    host = socket.gethostname()
+    live = tmp_path / f".other.tmp-{host}-{os.getpid()}-abc"  # this process: still working
+    foreign = tmp_path / f".other.tmp-elsewhere-{_dead_pid()}-abc"  # another host's
+    dead_file = tmp_path / f".latest.tmp-{host}-{_dead_pid()}-abc"
+    for p in (live, foreign):
+        p.mkdir()
+    dead_file.write_text("x")
+    with atomic_dir(tmp_path / "run") as tmp:
+        (tmp / "done").write_text("y")
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == sorted(["run", live.name, foreign.name])
+    assert sweep_leftovers(tmp_path) == []
