@@ -45,8 +45,9 @@ def _model_dir(tmp_path: Path, name: str = "ours", tokenizer: object = "gpt2", *
 
 @pytest.mark.parametrize(
     "overrides",
-    [{}, {"bias": False}, {"activation": "relu", "tie_weights": False, "mlp_hidden": 48}, {"layer_norm_eps": 1e-6}],
-    ids=["gpt2-like", "no-bias", "relu-untied-hidden48", "eps"],
+    [{}, {"bias": False}, {"activation": "relu", "tie_weights": False, "mlp_hidden": 48}, {"layer_norm_eps": 1e-6},
+     {"pad_vocab_to": 64}, {"pad_vocab_to": 64, "tie_weights": False}],
+    ids=["gpt2-like", "no-bias", "relu-untied-hidden48", "eps", "padded-vocab", "padded-vocab-untied"],
 )
 def test_export_loads_in_transformers_with_same_logits(tmp_path, gpt2_tokenizer_files, overrides) -> None:
     src, model = _model_dir(tmp_path, **overrides)

@@ -61,12 +61,13 @@ class ParamCounts:
 
 
 def _vocab(config: GPTConfig) -> int:
+    """Rows of the token embedding: the vocabulary with ``pad_vocab_to``'s padding (they exist)."""
     if config.vocab_size is None:
         raise ConfigError(
             "model.vocab_size is not set (this preset takes it from the tokenizer); "
             "pass --model.vocab_size N"
         )
-    return config.vocab_size
+    return config.padded_vocab_size
 
 
 def count_params(config: GPTConfig) -> ParamCounts:

@@ -43,6 +43,10 @@ class GPTConfig:
         "sdpa", "sdpa = torch scaled_dot_product_attention (fused); explicit = readable reference"
     )
     layer_norm_eps: float = cfg_field(1e-5, "LayerNorm epsilon")
+    pad_vocab_to: int = cfg_field(
+        1, "round the embedding/LM-head rows up to a multiple of this (64 on GPUs: 50257 -> 50304, faster "
+        "matmuls); the extra rows never reach the logits"
+    )
 
     def __post_init__(self) -> None:
         # Every problem is collected and reported at once (STYLE.md section 7).
@@ -60,6 +64,8 @@ class GPTConfig:
                 problems.append(f"model.{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
         if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
             problems.append(f"model.dropout must be in [0, 1), got {self.dropout!r}")
+        if isinstance(self.pad_vocab_to, bool) or not isinstance(self.pad_vocab_to, int) or self.pad_vocab_to < 1:
+            problems.append(f"model.pad_vocab_to must be an integer >= 1 (1: no padding), got {self.pad_vocab_to!r}")
         if not isinstance(self.layer_norm_eps, (int, float)) or not self.layer_norm_eps > 0:
             problems.append(f"model.layer_norm_eps must be positive, got {self.layer_norm_eps!r}")
         if (
@@ -81,6 +87,16 @@ class GPTConfig:
     def head_dim(self) -> int:
         """The size of one attention head (``head_size`` or ``n_embd // n_head``)."""
         return self.head_size if self.head_size is not None else self.n_embd // self.n_head
+
+    @property
+    def padded_vocab_size(self) -> int:
+        """Rows of the embedding and LM head: ``vocab_size`` rounded up to ``pad_vocab_to``.
+
+        Why: GPU matmuls run faster on sizes that are multiples of 64 (nanoGPT pads
+        GPT-2's 50,257 to 50,304). Ids never reach the extra rows and the model cuts
+        their logits off, so outputs and losses are those of the unpadded model.
+        """
+        return -(-self.vocab_size // self.pad_vocab_to) * self.pad_vocab_to
 
     @property
     def hidden_dim(self) -> int:

@@ -243,12 +243,17 @@ def hf_state_from_gpt(model: GPT) -> dict[str, torch.Tensor]:
     """Our weights under Hugging Face names in Conv1D layout, ready for ``model.safetensors``.
 
     A tied head is written once (as ``transformer.wte.weight``), as ``save_pretrained`` does.
+    Rows added by ``pad_vocab_to`` are left out (no token reaches them).
     A model without biases gets zero biases: GPT-2 always has them, and zeros compute
     exactly what the bias-free layers compute.
     """
+    V = model.config.vocab_size
     state = {k: v for k, v in model.state_dict().items()}
     if model.config.tie_weights:
         state.pop("lm_head.weight", None)
+    for key in ("transformer.wte.weight", "lm_head.weight"):  # GPT-2 has no padding rows
+        if key in state:
+            state[key] = state[key][:V]
     if not model.config.bias:
         state.update(_zero_biases(model))
     out = {}
