@@ -45,16 +45,17 @@ def test_split_linear_equals_f_linear(parts: int, n_out: int, lead_shape: tuple,
 
 
 def test_split_linear_gradients_equal_f_linear() -> None:
-    w = torch.randn(37, 16)
-    x = torch.randn(2, 1, 16)
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(37, 16, generator=g)
+    x = torch.randn(2, 1, 16, generator=g)
     w1 = column_major(w).requires_grad_()
     x1 = x.clone().requires_grad_()
     split_linear(x1, w1, None, 3).square().sum().backward()
     w2 = w.clone().requires_grad_()
     x2 = x.clone().requires_grad_()
     F.linear(x2, w2).square().sum().backward()
-    torch.testing.assert_close(w1.grad, w2.grad)
-    torch.testing.assert_close(x1.grad, x2.grad)
+    torch.testing.assert_close(w1.grad, w2.grad, rtol=1e-4, atol=1e-5)  # sums in another order
+    torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-4, atol=1e-5)
 
 
 def test_thread_split_linear_takes_each_path(three_threads, monkeypatch) -> None:
