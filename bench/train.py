@@ -7,6 +7,7 @@ autocast) in the same run.
     python bench/train.py --shapes shakespeare-char --steps 20
     python bench/train.py --device cuda --dtype bf16 --compile --shapes gpt2 --batch 16 --steps 30
                                                                  # an H100: gpt2 124M at context 1024
+    python bench/train.py ... --pad-vocab-to 64                  # 50257 -> 50304 rows (both models)
 
 A step is one forward, backward and AdamW update on a fixed random batch. The two models
 run round-robin (``--steps`` timed steps each per round, for ``--rounds`` rounds) so that load
@@ -63,7 +64,7 @@ class HFWithOurLoss(torch.nn.Module):
         import transformers
 
         hf_config = transformers.GPT2Config(
-            vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
+            vocab_size=cfg.padded_vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
             n_head=cfg.n_head, n_inner=cfg.hidden_dim, activation_function="gelu_new", resid_pdrop=0.0,
             embd_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=cfg.layer_norm_eps, tie_word_embeddings=True,
             bos_token_id=None, eos_token_id=None,
@@ -102,7 +103,8 @@ def time_steps(model: torch.nn.Module, opt: object, batch: tuple[torch.Tensor, t
 
 def bench_shape(name: str, args: argparse.Namespace, device: torch.device) -> dict:
     preset, vocab, cpu_batch = SHAPES[name]
-    cfg = apply(GPTConfig.from_preset(preset), {"vocab_size": vocab, "bias": True, "dropout": 0.0})
+    cfg = apply(GPTConfig.from_preset(preset), {"vocab_size": vocab, "bias": True, "dropout": 0.0,
+                                                "pad_vocab_to": args.pad_vocab_to})
     if args.seq_len:
         cfg = apply(cfg, {"block_size": args.seq_len})
     B = args.batch or (cpu_batch if device.type == "cpu" else 16)
@@ -151,6 +153,8 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (compile needs ~3)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--pad-vocab-to", type=int, default=1,
+                   help="ours: --model.pad_vocab_to N; transformers: the padded vocabulary (64 on GPUs)")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     args = p.parse_args()
     if args.threads:
