@@ -59,7 +59,7 @@ class Stop(Exception):
 
 @pytest.fixture
 def stop_after_step(monkeypatch):
-    def arm(n: int) -> None:
+    def arm(n: int, exc: type[BaseException] = Stop) -> None:
         original = torch.optim.AdamW.step
         count = {"n": 0}
 
@@ -68,7 +68,7 @@ def stop_after_step(monkeypatch):
             count["n"] += 1
             if count["n"] == n:
                 monkeypatch.setattr(torch.optim.AdamW, "step", original)  # the next run is not stopped
-                raise Stop
+                raise exc
             return out
 
         monkeypatch.setattr(torch.optim.AdamW, "step", step)
@@ -169,3 +169,13 @@ def test_checkpoint_every_zero_writes_none(char_model, tmp_path, stop_after_step
     assert not resume_dir_for(tmp_path / "run").exists()
     with pytest.raises(ConfigError, match="--checkpoint-every"):
         replace(LOOP, checkpoint_every=-1)
+
+
+def test_ctrl_c_says_where_the_progress_is(char_model, tmp_path, stop_after_step, caplog) -> None:
+    data = _instructions(tmp_path / "data.json")
+    opts = InstructOptions(model=str(char_model), data=str(data), out=str(tmp_path / "run"), eval_samples=0)
+    stop_after_step(5, KeyboardInterrupt)
+    with caplog.at_level("WARNING", logger="gptforge"), pytest.raises(KeyboardInterrupt):
+        run_instruct(opts, LOOP)
+    progress = resume_dir_for(tmp_path / "run")
+    assert f"stopped at step 4 of 18; the checkpoint of step 3 is in {progress}" in caplog.text  # 4 done

@@ -162,10 +162,14 @@ def finetune(
             out.write(json.dumps(line) + "\n")
             out.flush()
 
+    saved_step = step if saved is not None else None  # the step the newest checkpoint holds
+
     def checkpoint() -> None:
+        nonlocal saved_step
         if progress_dir is not None and cfg.checkpoint_every > 0:
             state = {"step": step, "tokens": tokens, "history": history}
             save_progress(progress_dir, model, optimizer, state, fingerprint or {})
+            saved_step = step
 
     from tqdm.auto import tqdm
 
@@ -203,6 +207,11 @@ def finetune(
             log({"step": step, "tokens": tokens, "epoch": epoch + 1, "val_loss": val_loss})
             logger.info("epoch %d/%d: val loss %.4f", epoch + 1, cfg.epochs, val_loss)
             checkpoint()
+    except KeyboardInterrupt:
+        if saved_step is not None:
+            logger.warning("stopped at step %d of %d; the checkpoint of step %d is in %s: run the same "
+                           "command again to continue from it", step, total_steps, saved_step, progress_dir)
+        raise
     finally:
         bar.close()
         if out is not None:
