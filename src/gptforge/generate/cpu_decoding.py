@@ -17,9 +17,9 @@ machine with a gpt2-124M-shaped model, ``bench/generate.py``):
 
 :func:`prepare_for_decoding` applies both, in place: every plain CPU float32
 ``nn.Linear`` gets the (in, out) layout, and those with at least ``SPLIT_MIN_WEIGHTS``
-weights become a :class:`ThreadSplitLinear`. Shapes,
-names, parameter objects, values and tied weights stay the same, and no memory is added.
-Sums may round differently in the last bits.
+weights become a :class:`ThreadSplitLinear`. Shapes, names, parameter objects, values
+and tied weights stay the same, and no memory is added. Sums may round differently in
+the last bits.
 """
 
 from __future__ import annotations
