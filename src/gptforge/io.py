@@ -44,6 +44,22 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def find_bad_file(folder: Path, digests: dict[str, str]) -> tuple[Path, str] | None:
+    """The first file named in ``digests`` (name -> sha256) that is ``"missing"`` from
+    ``folder`` or ``"corrupt"`` (another sha256), as ``(path, problem)``; None if all match.
+
+    Checkpoints record their files' sha256 when written, so bit rot or a half-copied
+    folder is caught on load and named, instead of surfacing as a shape or decode error.
+    """
+    for name, digest in digests.items():
+        path = folder / name
+        if not path.is_file():
+            return path, "missing"
+        if sha256_file(path) != digest:
+            return path, "corrupt"
+    return None
+
+
 def _fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)

@@ -156,7 +156,7 @@ def test_damaged_checkpoint_starts_over_with_a_warning(char_model, tmp_path, sto
     weights.write_bytes(bytes(raw))
     with caplog.at_level("WARNING", logger="gptforge"):
         run_instruct(stopped, LOOP)
-    assert f"{weights} is damaged; starting over" in caplog.text
+    assert f"{weights} is corrupt; starting over" in caplog.text
     _assert_same_run(tmp_path / "ref", tmp_path / "stopped")  # from scratch, the same result
 
 

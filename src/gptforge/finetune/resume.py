@@ -30,6 +30,7 @@ from gptforge.errors import CheckpointError, ConfigError, GptforgeError
 from gptforge.io import (
     FORMAT_VERSION,
     atomic_dir,
+    find_bad_file,
     load_safetensors,
     read_json,
     save_safetensors,
@@ -128,10 +129,10 @@ def load_progress(
             f"{folder} holds the progress of a stopped run with other settings ({', '.join(changed)}); "
             "run that command again to finish it, or pass --overwrite to start this one over"
         )
-    for name, digest in state.get("files", {}).items():
-        if not (folder / name).is_file() or sha256_file(folder / name) != digest:
-            logger.warning("the fine-tuning checkpoint file %s is damaged; starting over", folder / name)
-            return None
+    bad = find_bad_file(folder, state.get("files", {}))
+    if bad is not None:
+        logger.warning("the fine-tuning checkpoint file %s is %s; starting over", *bad)
+        return None
     weights = load_safetensors(folder / WEIGHTS_FILE)
     params = trainable_state(model)
     if weights.keys() != params.keys():

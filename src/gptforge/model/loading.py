@@ -113,20 +113,27 @@ def resolve_model_dir(path: str | Path) -> Path:
 
 def _check_checkpoint_files(ckpt: Path) -> None:
     """Refuse a checkpoint whose model files no longer match the sha256 in its state.json (bit rot)."""
-    from gptforge.io import sha256_file
+    from gptforge.io import find_bad_file
 
     state_path = ckpt / "state.json"
     if not state_path.is_file():
         return
     state = read_json(state_path, what="checkpoint state")
     files = state.get("files") if isinstance(state, dict) else None
-    for name in ("config.json", "model.safetensors", "tokenizer.json"):
-        digest = files.get(name) if isinstance(files, dict) else None
-        if isinstance(digest, str) and (ckpt / name).is_file() and sha256_file(ckpt / name) != digest:
-            raise ModelError(
-                f"checkpoint file {ckpt / name} is corrupt (sha256 mismatch with {state_path}); "
-                f"load an earlier checkpoint folder under {ckpt.parent}, or `gptforge train --resume` the run"
-            )
+    files = files if isinstance(files, dict) else {}
+    # the model files only (not the optimizer's), and only those present: a missing one
+    # is left to the loader's own error
+    model_files = {
+        name: files[name]
+        for name in ("config.json", "model.safetensors", "tokenizer.json")
+        if isinstance(files.get(name), str) and (ckpt / name).is_file()
+    }
+    bad = find_bad_file(ckpt, model_files)
+    if bad is not None:
+        raise ModelError(
+            f"checkpoint file {bad[0]} is corrupt (sha256 mismatch with {state_path}); "
+            f"load an earlier checkpoint folder under {ckpt.parent}, or `gptforge train --resume` the run"
+        )
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> GPT:

@@ -35,6 +35,7 @@ from gptforge.io import (
     atomic_dir,
     atomic_write_bytes,
     check_format_version,
+    find_bad_file,
     load_safetensors,
     read_json,
     sha256_file,
@@ -208,12 +209,11 @@ def verify_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(state, dict) or "files" not in state or "step" not in state:
         raise CheckpointError(f"{path / STATE_FILE} is incomplete (no step or checksums)")
     check_format_version(state, path / STATE_FILE, "checkpoint state")
-    for name, digest in state["files"].items():
-        f = path / name
-        if not f.is_file():
-            raise CheckpointError(f"checkpoint file {f} is missing")
-        if sha256_file(f) != digest:
-            raise CheckpointError(f"checkpoint file {f} is corrupt (sha256 mismatch)")
+    bad = find_bad_file(path, state["files"])
+    if bad is not None:
+        file, problem = bad
+        why = " (sha256 mismatch)" if problem == "corrupt" else ""
+        raise CheckpointError(f"checkpoint file {file} is {problem}{why}")
     return state
 
 
