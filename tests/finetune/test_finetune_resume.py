@@ -160,6 +160,21 @@ def test_damaged_checkpoint_starts_over_with_a_warning(char_model, tmp_path, sto
     _assert_same_run(tmp_path / "ref", tmp_path / "stopped")  # from scratch, the same result
 
 
+@pytest.mark.parametrize("bad", ["[1, 2]", '{"kind": "gptforge-finetune-progress", "step": 3}'])
+def test_malformed_state_starts_over_with_a_warning(char_model, tmp_path, stop_after_step, caplog, bad) -> None:
+    data = _instructions(tmp_path / "data.json")
+    opts = InstructOptions(model=str(char_model), data=str(data), out=str(tmp_path / "run"), eval_samples=0)
+    stop_after_step(4)
+    with pytest.raises(Stop):
+        run_instruct(opts, LOOP)
+    state = resume_dir_for(tmp_path / "run") / STATE_FILE
+    state.write_text(bad)
+    with caplog.at_level("WARNING", logger="gptforge"):
+        run_instruct(opts, LOOP)
+    assert f"ignoring {state}: not a complete fine-tuning checkpoint state" in caplog.text
+    assert (tmp_path / "run" / "results.json").is_file() and not state.parent.exists()
+
+
 def test_checkpoint_every_zero_writes_none(char_model, tmp_path, stop_after_step) -> None:
     data = _instructions(tmp_path / "data.json")
     opts = InstructOptions(model=str(char_model), data=str(data), out=str(tmp_path / "run"), eval_samples=0)

@@ -120,6 +120,9 @@ def load_progress(
     except GptforgeError as e:
         logger.warning("ignoring the damaged fine-tuning checkpoint in %s (%s); starting over", folder, e)
         return None
+    if not isinstance(state, dict) or state.get("kind") != KIND or not {"step", "rng", "files"} <= state.keys():
+        logger.warning("ignoring %s: not a complete fine-tuning checkpoint state; starting over", state_path)
+        return None
     if state.get("fingerprint") != fingerprint:
         changed = sorted(
             k for k in set(fingerprint) | set(state.get("fingerprint") or {})
