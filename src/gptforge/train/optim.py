@@ -45,7 +45,7 @@ def fused_supported(device: torch.device) -> bool:
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW over :func:`param_groups`, fused where supported (or as ``cfg.fused`` says)."""
+    """AdamW over :func:`param_groups`, fused on CUDA by default (or as ``cfg.fused`` says)."""
     fused = cfg.fused if cfg.fused is not None else (device.type == "cuda" and fused_supported(device))
     if fused and not fused_supported(device):
         logger.warning("fused AdamW is not available for %s in this torch; using the foreach kernel", device)
