@@ -246,7 +246,7 @@ def run_classification(opts: ClassifyOptions, loop: LoopConfig) -> dict[str, Any
     unless ``overwrite``).
     """
     from gptforge.finetune.data import balance_classes, read_labelled, split_records
-    from gptforge.finetune.resume import discard_progress, resume_dir_for, run_fingerprint
+    from gptforge.finetune.resume import discard_progress, open_progress
     from gptforge.io import atomic_dir, write_json
     from gptforge.model.loading import load_model, save_model
 
@@ -283,10 +283,7 @@ def run_classification(opts: ClassifyOptions, loop: LoopConfig) -> dict[str, Any
     logger.info("classes %s; train %d, val %d, test %d; training %s: %d of %d parameters",
                 labels, len(train_ex), len(val_ex), len(test_ex), opts.train, trainable, total)  # fmt: skip
     task = ClassifyTask(pad_id)
-    progress = resume_dir_for(out)  # a stopped run's checkpoint, continued from if present
-    if opts.overwrite:
-        discard_progress(progress)
-    fingerprint = run_fingerprint("classify", opts, loop)
+    progress, fingerprint = open_progress("classify", opts, loop)  # a stopped run's checkpoint, if any
     with atomic_dir(out, overwrite=opts.overwrite) as tmp:
         history = finetune(model, task, train_ex, val_ex, loop, metrics_path=tmp / "metrics.jsonl",
                            progress_dir=progress, fingerprint=fingerprint)

@@ -191,7 +191,7 @@ def run_instruct(opts: InstructOptions, loop: LoopConfig) -> dict[str, Any]:
     """
     from gptforge.finetune.data import read_instructions, split_records
     from gptforge.finetune.lora import apply_lora, count_trainable, lora_config_entry, merge_lora
-    from gptforge.finetune.resume import discard_progress, resume_dir_for, run_fingerprint
+    from gptforge.finetune.resume import discard_progress, open_progress
     from gptforge.io import atomic_dir, write_json
     from gptforge.model.loading import load_model, save_model
 
@@ -227,10 +227,7 @@ def run_instruct(opts: InstructOptions, loop: LoopConfig) -> dict[str, Any]:
         model.requires_grad_(True)
     trainable, total = count_trainable(model)
     logger.info("training %d of %d parameters (%.2f%%)", trainable, total, 100 * trainable / total)
-    progress = resume_dir_for(out)  # a stopped run's checkpoint, continued from if present
-    if opts.overwrite:
-        discard_progress(progress)
-    fingerprint = run_fingerprint("instruct", opts, loop)
+    progress, fingerprint = open_progress("instruct", opts, loop)  # a stopped run's checkpoint, if any
     with atomic_dir(out, overwrite=opts.overwrite) as tmp:
         history = finetune(model, task, train, val, loop, metrics_path=tmp / "metrics.jsonl",
                            progress_dir=progress, fingerprint=fingerprint)

@@ -69,6 +69,17 @@ def run_fingerprint(task: str, opts: Any, loop: Any) -> dict[str, Any]:
     return json.loads(json.dumps(fp))  # tuples -> lists, as state.json gives them back
 
 
+def open_progress(task: str, opts: Any, loop: Any) -> tuple[Path, dict[str, Any]]:
+    """The progress folder of the run writing ``opts.out`` and the run's fingerprint.
+
+    With ``opts.overwrite`` the run starts over, so an earlier run's progress is discarded.
+    """
+    folder = resume_dir_for(opts.out)
+    if opts.overwrite:
+        discard_progress(folder)
+    return folder, run_fingerprint(task, opts, loop)
+
+
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The parameters that require grad, by name (a tied matrix appears once)."""
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
@@ -123,11 +134,11 @@ def load_progress(
     if not isinstance(state, dict) or state.get("kind") != KIND or not {"step", "rng", "files"} <= state.keys():
         logger.warning("ignoring %s: not a complete fine-tuning checkpoint state; starting over", state_path)
         return None
-    if state.get("fingerprint") != fingerprint:
+    saved_fingerprint = state.get("fingerprint") or {}
+    if saved_fingerprint != fingerprint:
         changed = sorted(
-            k for k in set(fingerprint) | set(state.get("fingerprint") or {})
-            if fingerprint.get(k) != (state.get("fingerprint") or {}).get(k)
-        )  # fmt: skip
+            k for k in set(fingerprint) | set(saved_fingerprint) if fingerprint.get(k) != saved_fingerprint.get(k)
+        )
         raise ConfigError(
             f"{folder} holds the progress of a stopped run with other settings ({', '.join(changed)}); "
             "run that command again to finish it, or pass --overwrite to start this one over"
