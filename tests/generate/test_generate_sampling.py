@@ -108,6 +108,16 @@ def test_empirical_frequencies_match_the_intended_distribution(kw: dict, expecte
     assert stat < CHI2_CRIT_0_001[len(support) - 1], (counts, stat)
 
 
+@pytest.mark.parametrize("temperature", [1e-3, 1e-40, 4.66e-83, 5e-324])  # the last ones are 0 in float32
+def test_a_vanishing_temperature_draws_the_argmax(temperature: float) -> None:
+    """The limit T -> 0+ is greedy; before the shift, 1e-40 and smaller gave a NaN softmax
+    (found by the server fuzz test through the API's temperature field)."""
+    logits = torch.randn(4, 50, generator=torch.Generator().manual_seed(0)) * 5
+    g = torch.Generator().manual_seed(1)
+    for _ in range(5):
+        assert torch.equal(sample(logits, temperature=temperature, top_p=0.9, generator=g), logits.argmax(-1))
+
+
 def test_repetition_penalty_worked_example() -> None:
     logits = torch.tensor([[2.0, -1.0, 3.0]])
     seen = torch.tensor([[True, True, False]])

@@ -70,10 +70,17 @@ def apply_frequency_penalty(
 
 
 def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """``logits / temperature`` (temperature > 0; 0 is handled as greedy by :func:`sample`)."""
+    """``logits / temperature`` (temperature > 0; 0 is handled as greedy by :func:`sample`).
+
+    Each row's maximum is subtracted first and the division done in float64: the softmax
+    and every filter ignore a shift, and a tiny temperature (say 1e-80, which is 0 in
+    float32) would otherwise give inf or 0/0 logits and a NaN softmax. This way the top
+    logit stays 0 and the others go to -inf at worst, the limit of a vanishing temperature.
+    """
     if temperature == 1.0:
         return logits
-    return logits / temperature
+    shifted = logits - logits.max(dim=-1, keepdim=True).values  # (B, V), <= 0
+    return (shifted.double() / temperature).to(logits.dtype)  # (B, V)
 
 
 def top_k_filter(logits: torch.Tensor, k: int | None) -> torch.Tensor:
