@@ -53,7 +53,7 @@ def test_leftovers_of_a_killed_writer_are_swept(tmp_path: Path) -> None:
     host = socket.gethostname()
     live = tmp_path / f".other.tmp-{host}-{os.getpid()}-abc"  # this process: still working
     foreign = tmp_path / f".other.tmp-elsewhere-{_dead_pid()}-abc"  # another host's
-    dead_file = tmp_path / f".latest.tmp-{host}-{_dead_pid()}-abc"
+    dead_file = tmp_path / f".latest.tmp-{host}-{_dead_pid()}-abc"  # an atomic_write_bytes leftover
     for p in (live, foreign):
         p.mkdir()
     dead_file.write_text("x")

@@ -73,7 +73,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the new one, never half."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-{_temp_tag()}-", dir=path.parent)  # see sweep_leftovers
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -160,7 +160,8 @@ def sweep_leftovers(folder: Path) -> list[Path]:
     """Remove the temporary folders that killed processes on this host left in ``folder``.
 
     :func:`atomic_dir` names them ``.NAME.tmp-HOST-PID-XXXX`` (and ``.NAME.old-HOST-PID-``
-    while swapping); a SIGKILL gives no chance to remove them. Only entries of this host
+    while swapping), :func:`atomic_write_bytes` its temporary files the same way; a SIGKILL
+    gives no chance to remove them. Only entries of this host
     whose process is gone are removed (a folder on a shared disk may hold another host's
     live work). Returns what was removed.
     """
