@@ -38,13 +38,6 @@ class Scored:
     greedy: bool
 
 
-def _head_logits(model: torch.nn.Module, h: torch.Tensor) -> torch.Tensor:
-    """(M, C) hidden states -> (M, V) logits, without the rows a padded vocabulary adds."""
-    logits = model.lm_head(h)  # (M, padded V)
-    vocab = model.config.vocab_size
-    return logits[..., :vocab] if logits.shape[-1] != vocab else logits
-
-
 def _truncate(context: list[int], longest: int, block_size: int, where: str) -> list[int]:
     if longest >= block_size:
         raise ModelError(
@@ -60,7 +53,7 @@ def score_batch(model: torch.nn.Module, batch: Sequence[tuple[list[int], list[li
 
     Args:
         model: a GPT (``hidden_states`` with ``kv_cache``/``attention_mask``/``position_ids``,
-            ``lm_head``, ``make_kv_cache``).
+            ``head`` (the LM head less vocabulary padding), ``make_kv_cache``).
         batch: per item ``(context ids, [continuation ids, ...])``; contexts and continuations
             must be non-empty, and each continuation shorter than ``block_size``.
 
@@ -116,7 +109,7 @@ def score_batch(model: torch.nn.Module, batch: Sequence[tuple[list[int], list[li
     hidden = torch.cat([last.index_select(0, index), h_end.reshape(-1, C).index_select(0, flat)])  # (M, C)
     targets = torch.cat([y[:, 0], y[r_idx, k_idx + 1]]).to(device)  # (M,)
     owner = torch.cat([torch.arange(R), r_idx]).to(device)  # (M,) continuation of each target
-    logp = F.log_softmax(_head_logits(model, hidden).float(), dim=-1)  # (M, V)
+    logp = F.log_softmax(model.head(hidden).float(), dim=-1)  # (M, V)
     lp = logp.gather(1, targets[:, None]).squeeze(1)  # (M,)
     miss = (logp.argmax(dim=-1) != targets).float()  # (M,)
     sums = torch.zeros(R, device=device, dtype=torch.float64).index_add_(0, owner, lp.double()).tolist()
