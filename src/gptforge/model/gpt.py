@@ -366,6 +366,27 @@ class GPT(nn.Module):
             kv_cache.advance(T)
         return self.transformer.ln_f(x)  # (B, T, C)
 
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        """Next-token logits from hidden states: the LM head, less ``pad_vocab_to``'s padding rows,
+        soft-capped when ``logit_softcap`` is set.
+
+        Every caller that projects hidden states itself (perplexity, instruct loss) goes
+        through here, so a padded vocabulary never scores its padding columns.
+
+        Args:
+            h: (..., C) hidden states from :meth:`hidden_states` (any leading shape).
+
+        Returns:
+            (..., V) logits, V = ``config.vocab_size``.
+        """
+        logits = self.lm_head(h)  # (..., padded V)
+        if self.config.padded_vocab_size != self.config.vocab_size:
+            logits = logits[..., : self.config.vocab_size]  # (..., V): padding rows never predicted
+        cap = self.config.logit_softcap
+        if cap is not None:  # smooth clamp to (-cap, cap): no logit can run away (Gemma 2)
+            logits = cap * torch.tanh(logits.float() / cap)
+        return logits
+
     def forward(
         self,
         idx: torch.Tensor,
@@ -393,24 +414,13 @@ class GPT(nn.Module):
         )  # (B, T, C)
         if last_only:
             x = x[:, [-1], :]  # (B, 1, C); a list index keeps the time dim
-        logits = self.head_logits(x)  # (B, T, V)
+        logits = self.head(x)  # (B, T, V)
         if targets is None:
             return logits
         loss = F.cross_entropy(
             logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX
         )
         return logits, loss
-
-    def head_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """The LM head on hidden states (..., C): logits (..., V), padding rows cut off,
-        soft-capped when ``logit_softcap`` is set."""
-        logits = self.lm_head(x)  # (..., padded V)
-        if self.config.padded_vocab_size != self.config.vocab_size:
-            logits = logits[..., : self.config.vocab_size]  # (..., V): padding rows never predicted
-        cap = self.config.logit_softcap
-        if cap is not None:  # smooth clamp to (-cap, cap): no logit can run away (Gemma 2)
-            logits = cap * torch.tanh(logits.float() / cap)
-        return logits
 
     def make_kv_cache(
         self, batch_size: int, max_seq_len: int | None = None, dtype: torch.dtype | None = None
