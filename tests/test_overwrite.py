@@ -4,7 +4,6 @@ one line naming what is in it, and left as it was. Every command's --help says i
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
