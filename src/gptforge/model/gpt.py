@@ -343,6 +343,23 @@ class GPT(nn.Module):
             kv_cache.advance(T)
         return self.transformer.ln_f(x)  # (B, T, C)
 
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        """Next-token logits from hidden states: the LM head, less ``pad_vocab_to``'s padding rows.
+
+        Every caller that projects hidden states itself (perplexity, instruct loss) goes
+        through here, so a padded vocabulary never scores its padding columns.
+
+        Args:
+            h: (..., C) hidden states from :meth:`hidden_states` (any leading shape).
+
+        Returns:
+            (..., V) logits, V = ``config.vocab_size``.
+        """
+        logits = self.lm_head(h)  # (..., padded V)
+        if self.config.padded_vocab_size != self.config.vocab_size:
+            logits = logits[..., : self.config.vocab_size]  # (..., V): padding rows never predicted
+        return logits
+
     def forward(
         self,
         idx: torch.Tensor,
@@ -370,9 +387,7 @@ class GPT(nn.Module):
         )  # (B, T, C)
         if last_only:
             x = x[:, [-1], :]  # (B, 1, C); a list index keeps the time dim
-        logits = self.lm_head(x)  # (B, T, padded V)
-        if self.config.padded_vocab_size != self.config.vocab_size:
-            logits = logits[..., : self.config.vocab_size]  # (B, T, V): padding rows never predicted
+        logits = self.head(x)  # (B, T, V)
         if targets is None:
             return logits
         loss = F.cross_entropy(
