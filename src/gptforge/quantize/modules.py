@@ -85,6 +85,11 @@ def aligned(t: torch.Tensor, alignment: int = 64) -> torch.Tensor:
     return t if t.data_ptr() % alignment == 0 else t.clone()
 
 
+def _probe_like(t: torch.Tensor) -> torch.Tensor:
+    """An empty tensor of ``t``'s dtype and device (the CPU for a meta tensor)."""
+    return torch.empty(0, dtype=t.dtype, device="cpu" if t.is_meta else t.device)
+
+
 class _QuantWeight(nn.Module):
     """What QuantLinear and QuantEmbedding share: the stored weight, its dequantization."""
 
@@ -101,7 +106,8 @@ class _QuantWeight(nn.Module):
         self._kernel_cache: tuple | None = None
         # The compute dtype (and device), as an empty buffer that follows model.to(...): the
         # outputs are cast to it, while the stored integers and scales keep their own dtype.
-        self.register_buffer("_compute", torch.empty(0), persistent=False)
+        # Never on the meta device: it is not in the state dict, so loading would not fill it.
+        self.register_buffer("_compute", torch.empty(0, device="cpu"), persistent=False)
 
     @property
     def compute_dtype(self) -> torch.dtype:
@@ -201,7 +207,7 @@ class QuantLinear(_QuantWeight):
             symmetric,
         )
         m._set_tensors(quantize_weight(linear.weight, method, group_size, symmetric))
-        m._compute = linear.weight.new_empty(0)  # computes in the dtype it was quantized from
+        m._compute = _probe_like(linear.weight)  # computes in the dtype it was quantized from
         if linear.bias is not None:
             m.bias = linear.bias.detach().float().clone()
         return m
@@ -233,7 +239,7 @@ class QuantLinear(_QuantWeight):
             embedding.symmetric,
         )
         m._tied_to.append(embedding)
-        m._compute = embedding._compute.new_empty(0)
+        m._compute = _probe_like(embedding._compute)
         return m
 
     def _kernel(self, x: torch.Tensor):
@@ -311,7 +317,7 @@ class QuantEmbedding(_QuantWeight):
     ) -> QuantEmbedding:
         m = cls(emb.num_embeddings, emb.embedding_dim, method, group_size, symmetric)
         m._set_tensors(quantize_weight(emb.weight, method, group_size, symmetric))
-        m._compute = emb.weight.new_empty(0)
+        m._compute = _probe_like(emb.weight)
         return m
 
     @classmethod
