@@ -23,7 +23,7 @@ from gptforge.model.gpt import GPT
         (dict(vocab_size=0), r"model.vocab_size must be a positive integer or None, got 0"),
         (dict(head_size=-1), r"model.head_size must be a positive integer or None, got -1"),
         (dict(dropout=1.0), r"model.dropout must be in \[0, 1\), got 1.0"),
-        (dict(activation="silu"), r"model.activation must be one of gelu, relu, got 'silu'"),
+        (dict(activation="silu"), r"model.activation must be one of gelu, relu, relu2, swiglu, got 'silu'"),
         (dict(attention="flash"), r"model.attention must be one of sdpa, explicit, got 'flash'"),
         (dict(layer_norm_eps=0.0), r"model.layer_norm_eps must be positive"),
     ],

@@ -117,7 +117,7 @@ class InstructTask:
         keep = batch["labels"] != IGNORE_INDEX  # (B, T)
         # The LM head only where a target is scored: the (C x V) projection is most of the
         # compute of a small model, and prompts and padding are most of the positions.
-        logits = model.lm_head(h[keep])  # (N, V)
+        logits = model.head(h[keep])  # (N, V), padding rows cut
         loss = F.cross_entropy(logits.float(), batch["labels"][keep])
         return loss, int(keep.sum())
 

@@ -73,7 +73,8 @@ def _check_tokenizer_saves_faithfully(tok: Any, src: Path) -> None:
 
 
 def export_hf(model_path: str | Path, out: str | Path, overwrite: bool = False, weights_only: bool = False) -> dict[str, Any]:
-    """Write a gptforge model as a folder that ``GPT2LMHeadModel.from_pretrained`` and
+    """Write a gptforge model as a folder that ``GPT2LMHeadModel.from_pretrained`` (or, for a
+    rope + rmsnorm + swiglu model without biases, ``LlamaForCausalLM``) and
     ``GPT2TokenizerFast.from_pretrained`` load offline.
 
     Args:
@@ -88,6 +89,7 @@ def export_hf(model_path: str | Path, out: str | Path, overwrite: bool = False, 
     from gptforge.interop.hf_tokenizer import hf_vocab_and_merges, write_hf_tokenizer
     from gptforge.io import atomic_dir, save_safetensors, write_json
     from gptforge.model.hf_gpt2 import hf_config_from_gpt, hf_state_from_gpt
+    from gptforge.model.hf_llama import llama_config_from_gpt, llama_state_from_gpt
     from gptforge.model.loading import load_model
 
     out = Path(out)
@@ -98,7 +100,13 @@ def export_hf(model_path: str | Path, out: str | Path, overwrite: bool = False, 
     if bad:
         raise ModelError(f"{model_path} cannot be exported as GPT-2: it is {'; '.join(bad)}")
     eot = model.tokenizer.eot_id if model.tokenizer is not None else None
-    hf_config = hf_config_from_gpt(model.config, eot_id=eot)  # refuses post-LN etc. before the slow part
+    # A modern model (rope + rmsnorm + swiglu, no biases) goes out as Llama, any other as GPT-2;
+    # what neither can express is refused by name before the slow part.
+    llama = model.config.positions == "rope" or model.config.activation == "swiglu"
+    if llama:
+        hf_config = llama_config_from_gpt(model.config, eot_id=eot)
+    else:
+        hf_config = hf_config_from_gpt(model.config, eot_id=eot)
     tok = model.tokenizer
     tables = None
     if not weights_only:
@@ -109,7 +117,7 @@ def export_hf(model_path: str | Path, out: str | Path, overwrite: bool = False, 
         except TokenizerError as e:
             raise TokenizerError(f"{e}; pass --weights-only to export the model without a tokenizer") from None
     hf_config["torch_dtype"] = str(model.transformer.wte.weight.dtype).removeprefix("torch.")
-    state = hf_state_from_gpt(model)
+    state = llama_state_from_gpt(model) if llama else hf_state_from_gpt(model)
     written = ["config.json", "model.safetensors"]
     with atomic_dir(out, overwrite=overwrite) as tmp:
         save_safetensors(state, tmp / "model.safetensors", metadata={"format": "pt"})

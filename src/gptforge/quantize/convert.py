@@ -78,7 +78,7 @@ def _targets(
             embedding = ["transformer.wte"]
         if include_lm_head:
             linear.append("lm_head")
-    if include_embeddings:
+    if include_embeddings and "wpe" in model.transformer:  # rotary models have no position table
         embedding.append("transformer.wpe")
     return linear, embedding, tied_head
 

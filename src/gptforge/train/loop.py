@@ -51,7 +51,7 @@ from gptforge.train.metrics import (
     Throughput,
     truncate_metrics,
 )
-from gptforge.train.optim import build_optimizer
+from gptforge.train.optim import build_optimizer, set_lr
 from gptforge.train.rundir import start_new_run, write_run_config
 from gptforge.train.schedule import lr_at
 
@@ -439,8 +439,7 @@ class Trainer:
             with _StopFlag() as stop:
                 while self.step < t.max_steps:
                     lr = lr_at(self.step, t)
-                    for group in self.optimizer.param_groups:
-                        group["lr"] = lr
+                    set_lr(self.optimizer, lr)  # each group at lr x its lr_scale
                     loss, norm = self.train_step()
                     self.step += 1
                     self.tokens += self.tokens_per_step
