@@ -179,7 +179,7 @@ def test_save_load_gives_identical_logits(trained, tmp_path: Path, method: str, 
     save_quantized(q, tmp_path / "q")
     loaded = load_model(tmp_path / "q")  # through LOAD_HOOKS, as generate/chat/eval do
     assert loaded.quantization == q.quantization
-    assert loaded.extra_config["quantization"]["method"] == method
+    assert [v["kind"] for v in loaded.variants] == ["quantization"] and loaded.variants[0]["method"] == method
     assert {n for n, m in loaded.named_modules() if isinstance(m, QuantLinear)} == {
         n for n, m in q.named_modules() if isinstance(m, QuantLinear)
     }

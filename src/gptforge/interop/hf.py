@@ -15,7 +15,7 @@ from gptforge.errors import GptforgeError, ModelError, TokenizerError
 
 logger = logging.getLogger(__name__)
 
-# config.json keys written by other parts of gptforge that change what the weights mean.
+# model variants (config.json "variants") that change what the weights mean.
 _NOT_EXPORTABLE_KEYS = {
     "quantization": "a quantized model (export the model it was quantized from)",
     "classifier": "a classifier head (GPT2LMHeadModel has only the language-model head)",
@@ -95,8 +95,9 @@ def export_hf(model_path: str | Path, out: str | Path, overwrite: bool = False, 
     out = Path(out)
     _check_output(out, overwrite)
     model = load_model(model_path)
-    extra = getattr(model, "extra_config", {}) or {}
-    bad = [what for key, what in _NOT_EXPORTABLE_KEYS.items() if key in extra]
+    from gptforge.model.variants import variant_kinds
+
+    bad = [what for key, what in _NOT_EXPORTABLE_KEYS.items() if key in variant_kinds(model)]
     if bad:
         raise ModelError(f"{model_path} cannot be exported as GPT-2: it is {'; '.join(bad)}")
     eot = model.tokenizer.eot_id if model.tokenizer is not None else None

@@ -225,7 +225,8 @@ class QuantLinear(_QuantWeight):
             self.backend != "auto"
             or x.device.type != "cpu"
             or x.dtype not in (torch.float32, torch.bfloat16)
-        ):
+            or (x.requires_grad and torch.is_grad_enabled())  # training adapters (QLoRA): the
+        ):  # kernels have no backward, the reference path (dequantize, matmul) does
             return None
         q, s, z = self.tensors()
         key = (q.data_ptr(), s.data_ptr(), None if z is None else z.data_ptr())
