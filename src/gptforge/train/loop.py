@@ -209,6 +209,9 @@ class Trainer:
         self.dataset = open_dataset(cfg.data.dir)
         self.tokenizer = self.dataset.load_tokenizer()
         cfg = self._fit_model_to_data(cfg)
+        if self.is_main:
+            for warning in cfg.train.schedule_warnings():
+                logger.warning(warning)
         self.grad_accum = effective_grad_accum(cfg.train, cfg.model.block_size, self.world_size)
         self.tokens_per_step = cfg.train.batch_size * cfg.model.block_size * self.grad_accum * self.world_size
         self.cfg = cfg
