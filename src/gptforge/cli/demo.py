@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 
+from gptforge.config import finite_float
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="gptforge-demo", metavar="DIR",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from gptforge.config import finite_float
 from gptforge.errors import GptforgeError
 from gptforge.io import OVERWRITE_HELP
 

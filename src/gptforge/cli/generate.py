@@ -17,6 +17,8 @@ import logging
 import sys
 import time
 
+from gptforge.config import finite_float
+
 logger = logging.getLogger(__name__)
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gptforge.config import finite_float
 from gptforge.errors import ConfigError
 from gptforge.model.config import GPTConfig  # no torch: configs are checked before torch loads
 

@@ -17,6 +17,7 @@ import argparse
 import json
 import sys
 
+from gptforge.config import finite_float
 from gptforge.io import OVERWRITE_HELP
 
 

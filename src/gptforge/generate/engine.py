@@ -33,7 +33,12 @@ import torch
 
 from gptforge.errors import ModelError
 from gptforge.generate.config import GenerationConfig
-from gptforge.generate.sampling import apply_frequency_penalty, apply_repetition_penalty, sample, seen_tokens
+from gptforge.generate.sampling import (
+    apply_frequency_penalty,
+    apply_repetition_penalty,
+    sample,
+    seen_tokens,
+)
 
 logger = logging.getLogger(__name__)
 
