@@ -209,9 +209,6 @@ class Trainer:
         self.dataset = open_dataset(cfg.data.dir)
         self.tokenizer = self.dataset.load_tokenizer()
         cfg = self._fit_model_to_data(cfg)
-        if self.is_main:
-            for warning in cfg.train.schedule_warnings():
-                logger.warning(warning)
         self.grad_accum = effective_grad_accum(cfg.train, cfg.model.block_size, self.world_size)
         self.tokens_per_step = cfg.train.batch_size * cfg.model.block_size * self.grad_accum * self.world_size
         self.cfg = cfg
@@ -238,6 +235,9 @@ class Trainer:
             self._eval_loader(split)
         if not resume and self.is_main:  # only once every check passed: a refused run leaves no dir behind
             self.replaced = start_new_run(self.run_dir, overwrite, protect=(cfg.data.dir,))
+        if self.is_main:  # once every check passed: a refused run prints its one error line only
+            for warning in cfg.train.schedule_warnings():
+                logger.warning(warning)
         dist.barrier()
         torch.manual_seed(cfg.train.seed + self.rank)  # dropout differs per rank
 
