@@ -142,3 +142,9 @@ def test_cli_gguf(tmp_path) -> None:
     assert "m.gguf" in r.stdout and "q8_0" in r.stdout
     r = run_cli("export", "--model", str(src), "--format", "gguf", "--out", str(tmp_path / "m.gguf"))
     assert r.returncode == 2 and r.stderr.startswith("error: output") and "--overwrite" in r.stderr
+    r = run_cli("export", "--model", str(src), "--format", "gguf", "--out", str(tmp_path / "m.gguf"), "--overwrite")
+    assert r.returncode == 0, r.stderr
+    (tmp_path / "notes.txt").write_text("mine")
+    r = run_cli("export", "--model", str(src), "--format", "gguf", "--out", str(tmp_path / "notes.txt"), "--overwrite")
+    assert r.returncode == 2 and "is not a GGUF file" in r.stderr
+    assert (tmp_path / "notes.txt").read_text() == "mine"

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 
+from gptforge.io import OVERWRITE_HELP
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, metavar="PATH", help="model dir or run dir")
@@ -29,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="target format (hf = Hugging Face GPT-2 folder, gguf = one file for llama.cpp)",
     )
     parser.add_argument("--out", required=True, metavar="PATH", help="the folder (hf) or file (gguf) to create")
-    parser.add_argument("--overwrite", action="store_true", help="replace PATH if it exists")
+    parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     parser.add_argument(
         "--dtype", choices=["f32", "f16", "q8_0", "q4_0"], default=None,
         help="with --format gguf: how the weight matrices are stored (default f32)",

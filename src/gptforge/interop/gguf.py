@@ -171,6 +171,13 @@ def _tensor_type(name: str, array: np.ndarray, dtype: str) -> str:
     return dtype
 
 
+def _is_gguf_file(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    with open(path, "rb") as f:
+        return f.read(4) == b"GGUF"
+
+
 def export_gguf(
     model_path: str | Path, out: str | Path, dtype: str = "f32", overwrite: bool = False
 ) -> dict[str, Any]:
@@ -194,6 +201,8 @@ def export_gguf(
     out = Path(out)
     if out.exists() and not overwrite:
         raise GptforgeError(f"output {out} already exists; pass --overwrite or choose another path")
+    if out.exists() and not _is_gguf_file(out):
+        raise GptforgeError(f"{out} exists and is not a GGUF file; --overwrite replaces only a GGUF file")
     model = load_model(model_path)
     extra = getattr(model, "extra_config", {}) or {}
     bad = [what for key, what in _NOT_EXPORTABLE_KEYS.items() if key in extra]
