@@ -30,7 +30,12 @@ from gptforge.io import (
 )
 from gptforge.model.config import GPTConfig
 from gptforge.model.gpt import GPT
-from gptforge.model.variants import LEGACY_ORDER, apply_variants, finish_variants, variants_from_config
+from gptforge.model.variants import (
+    LEGACY_ORDER,
+    apply_variants,
+    finish_variants,
+    variants_from_config,
+)
 
 logger = logging.getLogger(__name__)
 
