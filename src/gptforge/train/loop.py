@@ -287,8 +287,11 @@ class Trainer:
         elif resume:
             found = ckpt.find_resume_checkpoint(self.run_dir)
         else:
-            if self.run_dir.exists() and not overwrite:  # refused now, before any work, on every rank
-                dist.decided_on_main(lambda: start_new_run(self.run_dir, overwrite))
+            def refuse_existing() -> None:  # refused now, before any work; rank 0 decides for all
+                if self.run_dir.exists() and not overwrite:
+                    start_new_run(self.run_dir, overwrite)
+
+            dist.decided_on_main(refuse_existing)
             return None
         self._check_resumable(*found)
         return found
@@ -320,7 +323,16 @@ class Trainer:
         torch.manual_seed(self.cfg.train.seed + self.rank)  # dropout differs per rank
 
     def _wrap_model(self) -> None:
-        self.train_model = self.wrap_model(maybe_compile(self.model, self.cfg.train.compile, self.device))
+        """The module forward/backward run through: compiled, then DDP/FSDP-wrapped. A task
+        with its own loss (fine-tuning) runs it as the forward of :class:`LossForward`, since
+        DDP reduces the gradients of what ran through its forward (not of the model's other methods)."""
+        inner = maybe_compile(self.model, self.cfg.train.compile, self.device)
+        own_loss = not hasattr(self.task, "dataset")  # pretraining's loss is the model's forward
+        if own_loss:
+            inner = LossForward(inner, self.task.loss)
+        self._loss_fn = _call_with_batch if own_loss else self.task.loss
+        self._eval_model = self.model if own_loss else None
+        self.train_model = self.wrap_model(inner)
         self.autocast = self.plan.autocast
         self.flops_per_token, self.peak_flops = self._mfu_inputs()
 
@@ -444,7 +456,7 @@ class Trainer:
         return optimizer_step(
             self.train_model, self.optimizer, self._next_batch, self.grad_accum, self.autocast,
             self.scaler, self.cfg.train.grad_clip, self.micro_step_context, after_backward,
-            dist.mean_across_ranks, loss_fn=self.task.loss,
+            dist.mean_across_ranks, loss_fn=self._loss_fn,
         )
 
     def _next_batch(self) -> Any:
@@ -455,7 +467,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation and saving
     def evaluate(self) -> dict[str, float]:
-        losses = self.task.evaluate(self.train_model, self.autocast, self.rank, self.world_size, self.device)
+        model = self._eval_model if self._eval_model is not None else self.train_model
+        losses = self.task.evaluate(model, self.autocast, self.rank, self.world_size, self.device)
         losses = dist.mean_dict_across_ranks(losses, self.device)
         self.state.last_eval, self.state.last_eval_step = losses, self.step
         val = losses.get("val")
@@ -684,6 +697,22 @@ class Trainer:
                 f"loss was non-finite for {in_a_row} steps in a row (up to step {self.step}); {last}. "
                 f"Lower --train.lr (now {self.cfg.train.lr:g}) and --resume"
             )
+
+
+class LossForward(torch.nn.Module):
+    """A task's loss as one module's forward: ``forward(batch) = loss(model, batch)``."""
+
+    def __init__(self, model: torch.nn.Module, loss: Callable[[torch.nn.Module, Any], torch.Tensor]) -> None:
+        super().__init__()
+        self.model = model
+        self._loss = loss
+
+    def forward(self, batch: Any) -> torch.Tensor:
+        return self._loss(self.model, batch)
+
+
+def _call_with_batch(module: torch.nn.Module, batch: Any) -> torch.Tensor:
+    return module(batch)
 
 
 class _RngState:
