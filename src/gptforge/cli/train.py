@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 
+from gptforge.io import OVERWRITE_HELP
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from gptforge.config import describe
@@ -35,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "LoRA adapters on it instead of all weights")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved config, batch and memory plan; "
                         "write nothing")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing run dir")
+    parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout at the end")
     rows = [row for row in describe(RunConfig()) if row[0] != "--preset"]
     parser.epilog = "config keys:\n" + "\n".join(f"  {flag:<28} {help_} (default {default})" for flag, default, help_ in rows)

@@ -216,7 +216,7 @@ def run_instruct(opts: InstructOptions, loop: LoopConfig) -> dict[str, Any]:
     from gptforge.finetune.data import read_instructions, split_records
     from gptforge.finetune.recipe import copy_metrics, run_config, run_task, stopped_result
     from gptforge.finetune.resume import discard_progress, open_progress
-    from gptforge.io import atomic_dir, write_json
+    from gptforge.io import atomic_dir, check_replaceable, write_json
     from gptforge.model.loading import load_model, save_model
     from gptforge.model.lora import apply_lora, count_trainable, merge_lora
     from gptforge.train.distributed import is_main
@@ -225,6 +225,8 @@ def run_instruct(opts: InstructOptions, loop: LoopConfig) -> dict[str, Any]:
     out = Path(opts.out)
     if out.exists() and not opts.overwrite:
         raise ConfigError(f"output {out} already exists; pass --overwrite or choose another --out")
+    if opts.overwrite:
+        check_replaceable(out, protect=(opts.model, opts.data))
     if opts.lora_rank < 0:
         raise ConfigError(f"--lora-rank must be >= 0 (0 = full fine-tuning), got {opts.lora_rank}")
     if opts.lora_rank > 0 and "lm_head" in opts.lora_targets and not opts.merge:

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from gptforge.config import from_dict, to_dict
-from gptforge.errors import ModelError
+from gptforge.errors import GptforgeError, ModelError
 from gptforge.io import (
     FORMAT_VERSION,
     check_format_version,
@@ -133,19 +133,42 @@ def resolve_model_dir(path: str | Path) -> Path:
         raise ModelError(f"model path {p} does not exist; pass a model dir, a run dir or a GPT-2 folder")
     if (p / "config.json").is_file():
         return p
-    if (p / "final" / "config.json").is_file():
-        return p / "final"
+    final = p / "final" if (p / "final" / "config.json").is_file() else None
+    ckpt = None
     latest = p / "latest"
     if latest.is_file():
         name = latest.read_text().strip()
-        ckpt = p / "checkpoints" / name
-        if (ckpt / "config.json").is_file():
-            _check_checkpoint_files(ckpt)
-            return ckpt
+        if name and (p / "checkpoints" / name / "config.json").is_file():
+            ckpt = p / "checkpoints" / name
+    if final is not None and ckpt is not None:
+        # A resumed, extended run that was stopped has a checkpoint newer than its final/.
+        final_step, ckpt_step = _saved_step(final), _saved_step(ckpt)
+        if final_step is None or ckpt_step is None:  # no step recorded: the one written last wins
+            newer = (ckpt / "config.json").stat().st_mtime > (final / "config.json").stat().st_mtime
+        else:
+            newer = ckpt_step > final_step
+        if not newer:
+            logger.info("loading %s (step %s; the latest checkpoint %s is not newer)", final, final_step, ckpt.name)
+            return final
+        logger.info("loading checkpoint %s (step %s): newer than %s (step %s)", ckpt, ckpt_step, final, final_step)
+    if final is not None and ckpt is None:
+        return final
+    if ckpt is not None:
+        _check_checkpoint_files(ckpt)
+        return ckpt
     raise ModelError(
         f"{p} holds no model: expected config.json + model.safetensors, a run dir with final/, "
         "or a run dir with a latest checkpoint"
     )
+
+
+def _saved_step(model_dir: Path) -> int | None:
+    """The training step a run's model dir holds: ``config.json``'s ``training.step``."""
+    try:
+        step = read_json(model_dir / "config.json", what="model config").get("training", {}).get("step")
+    except (GptforgeError, AttributeError):
+        return None
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
 
 
 def _check_checkpoint_files(ckpt: Path) -> None:

@@ -52,7 +52,13 @@ from gptforge.train.metrics import (
     truncate_metrics,
 )
 from gptforge.train.optim import build_optimizer, set_lr
-from gptforge.train.rundir import start_new_run, write_run_config
+from gptforge.train.rundir import (
+    check_new_run,
+    discard_replaced,
+    restore_replaced,
+    start_new_run,
+    write_run_config,
+)
 from gptforge.train.schedule import lr_at
 
 logger = logging.getLogger(__name__)
@@ -224,6 +230,7 @@ class Trainer:
         resume_from: str | Path | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
+        self.replaced: Path | None = None  # the run --overwrite moved aside, until the first checkpoint
         self.hooks = list(hooks)
         self._init_process(cfg)
         self.task = task if task is not None else self._pretrain_task(cfg)
@@ -288,8 +295,8 @@ class Trainer:
             found = ckpt.find_resume_checkpoint(self.run_dir)
         else:
             def refuse_existing() -> None:  # refused now, before any work; rank 0 decides for all
-                if self.run_dir.exists() and not overwrite:
-                    start_new_run(self.run_dir, overwrite)
+                # an existing run, or a folder --overwrite may not replace
+                check_new_run(self.run_dir, overwrite, protect=(self.cfg.data.dir,))
 
             dist.decided_on_main(refuse_existing)
             return None
@@ -318,7 +325,10 @@ class Trainer:
     def _open_run_dir(self, resume: bool, overwrite: bool) -> None:
         """Create the run dir once every check passed (a refused run leaves none behind)."""
         if not resume and self.is_main:
-            start_new_run(self.run_dir, overwrite)
+            self.replaced = start_new_run(self.run_dir, overwrite, protect=(self.cfg.data.dir,))
+        if self.is_main:  # once every check passed: a refused run prints its one error line only
+            for warning in self.cfg.train.schedule_warnings():
+                logger.warning(warning)
         dist.barrier()
         torch.manual_seed(self.cfg.train.seed + self.rank)  # dropout differs per rank
 
@@ -504,6 +514,9 @@ class Trainer:
             extra_config=self._extra_config(), keep_last=self.cfg.train.keep_last,
         )
         self.last_ckpt, self.last_ckpt_step = path, self.step
+        if self.replaced is not None:  # the new run has a checkpoint: the old one may go now
+            discard_replaced(self.replaced)
+            self.replaced = None
         return path
 
     def save_final(self) -> Path | None:
@@ -753,8 +766,13 @@ def train(
     with dist.process_group(device):  # left whatever happens, a constructor error included
         trainer = Trainer(cfg, run_dir, resume=resume or resume_from is not None, overwrite=overwrite,
                           hooks=hooks, task=task, resume_from=resume_from)  # fmt: skip
-        result = trainer.run()
-        dist.barrier()  # the other ranks wait while rank 0 writes final/
+        try:
+            result = trainer.run()
+            dist.barrier()  # the other ranks wait while rank 0 writes final/
+        except BaseException:
+            if trainer.replaced is not None:  # failed before its first checkpoint: nothing was overwritten
+                restore_replaced(trainer.run_dir, trainer.replaced)
+            raise
         trainer.result = result
         return result
 
