@@ -62,3 +62,19 @@ def test_leftovers_of_a_killed_writer_are_swept(tmp_path: Path) -> None:
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == sorted(["run", live.name, foreign.name])
     assert sweep_leftovers(tmp_path) == []
+
+
+def test_json_line_writes_strict_json_and_keeps_what_was_not_finite() -> None:
+    import json
+    import math
+
+    from gptforge.io import json_line
+
+    def strict(name: str) -> None:
+        raise ValueError(name)
+
+    line = json_line({"step": 3, "loss": math.nan, "lr": 0.1, "layers": {"h.0": math.inf, "h.1": [1.0, -math.inf]}})
+    got = json.loads(line, parse_constant=strict)
+    assert got == {"step": 3, "loss": None, "lr": 0.1, "layers": {"h.0": None, "h.1": [1.0, None]},
+                   "not_finite": {"loss": "nan", "layers.h.0": "inf", "layers.h.1.1": "-inf"}}
+    assert json.loads(json_line({"step": 1, "loss": 2.5})) == {"step": 1, "loss": 2.5}

@@ -32,19 +32,27 @@ def uncached_greedy(model: torch.nn.Module, idx: torch.Tensor, n: int, keep: int
     return torch.tensor([seq])
 
 
-def test_cached_equals_uncached_200_steps() -> None:
-    model = tiny_gpt(block_size=256)
+# The GPT-2 model, and the modern one (rotary positions, RMSNorm, QK-norm, SwiGLU, capped logits).
+ARCHS = [{}, dict(positions="rope", normalization="rmsnorm", qk_norm=True, activation="swiglu",
+                  mlp_multiple_of=32, bias=False, tie_weights=False, logit_softcap=15.0)]
+ARCH_IDS = ["gpt2", "modern"]
+
+
+@pytest.mark.parametrize("arch", ARCHS, ids=ARCH_IDS)
+def test_cached_equals_uncached_200_steps(arch: dict) -> None:
+    model = tiny_gpt(block_size=256, **arch)
     idx = torch.randint(0, 97, (1, 7), generator=torch.Generator().manual_seed(1))
     out = generate(model, idx, 200, temperature=0)
     assert out.shape == (1, 207)
     assert torch.equal(out, uncached_greedy(model, idx, 200))
 
 
+@pytest.mark.parametrize("arch", ARCHS, ids=ARCH_IDS)
 @pytest.mark.parametrize("attention", ["sdpa", "explicit"])
-def test_sliding_window_matches_reference_loop(attention: str) -> None:
+def test_sliding_window_matches_reference_loop(attention: str, arch: dict) -> None:
     """Prompt + new tokens overflow the 32-token context several times: no crash, and
     every token equals the uncached loop with the same window policy."""
-    model = tiny_gpt(block_size=32, attention=attention)
+    model = tiny_gpt(block_size=32, attention=attention, **arch)
     idx = torch.randint(0, 97, (1, 40), generator=torch.Generator().manual_seed(2))  # longer than the context
     out = generate(model, idx, 60, temperature=0)
     assert out.shape == (1, 100)
@@ -54,8 +62,9 @@ def test_sliding_window_matches_reference_loop(attention: str) -> None:
     assert torch.equal(out_keep, uncached_greedy(model, idx, 60, keep=10))
 
 
-def test_batched_left_padding_equals_one_by_one() -> None:
-    model = tiny_gpt()
+@pytest.mark.parametrize("arch", ARCHS, ids=ARCH_IDS)
+def test_batched_left_padding_equals_one_by_one(arch: dict) -> None:
+    model = tiny_gpt(**arch)
     g = torch.Generator().manual_seed(3)
     prompts = [torch.randint(0, 97, (n,), generator=g) for n in (3, 11, 7, 1)]
     T = max(len(p) for p in prompts)
@@ -67,8 +76,9 @@ def test_batched_left_padding_equals_one_by_one() -> None:
         assert torch.equal(batched[i, T:], alone[0, len(p):]), f"row {i}"
 
 
-def test_batched_padding_with_sliding_window() -> None:
-    model = tiny_gpt(block_size=32)
+@pytest.mark.parametrize("arch", ARCHS, ids=ARCH_IDS)
+def test_batched_padding_with_sliding_window(arch: dict) -> None:
+    model = tiny_gpt(block_size=32, **arch)
     g = torch.Generator().manual_seed(4)
     prompts = [torch.randint(0, 97, (n,), generator=g) for n in (5, 20)]
     idx = torch.stack([torch.cat([torch.zeros(15, dtype=torch.long), prompts[0]]), prompts[1]])

@@ -23,7 +23,7 @@ from gptforge.model.gpt import GPT
         (dict(vocab_size=0), r"model.vocab_size must be a positive integer or None, got 0"),
         (dict(head_size=-1), r"model.head_size must be a positive integer or None, got -1"),
         (dict(dropout=1.0), r"model.dropout must be in \[0, 1\), got 1.0"),
-        (dict(activation="silu"), r"model.activation must be one of gelu, relu, got 'silu'"),
+        (dict(activation="silu"), r"model.activation must be one of gelu, relu, relu2, swiglu, got 'silu'"),
         (dict(attention="flash"), r"model.attention must be one of sdpa, explicit, got 'flash'"),
         (dict(layer_norm_eps=0.0), r"model.layer_norm_eps must be positive"),
     ],
@@ -165,3 +165,18 @@ def test_cli_model_info_bad_input(capsys, args: list[str], needle: str) -> None:
     captured = capsys.readouterr()
     result = subprocess.CompletedProcess(args, code, captured.out, captured.err)
     assert needle in _one_line_error(result)
+
+
+def test_model_file_without_the_token_embedding_names_the_key(tmp_path) -> None:
+    """A tied model's file lacking ``transformer.wte.weight`` (the LM head is stored as it) once
+    gave an AttributeError on None; the error names the missing key."""
+    from gptforge.io import load_safetensors, save_safetensors
+    from gptforge.model.loading import load_model, save_model
+
+    torch.manual_seed(0)
+    save_model(GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8)), tmp_path / "m")
+    state = load_safetensors(tmp_path / "m" / "model.safetensors")
+    del state["transformer.wte.weight"]
+    save_safetensors(state, tmp_path / "m" / "model.safetensors")
+    with pytest.raises(ModelError, match=r"missing keys \[.*'transformer.wte.weight'"):
+        load_model(tmp_path / "m")

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import argparse
 
+from gptforge.io import OVERWRITE_HELP
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, metavar="PATH", help="model dir or run dir")
     parser.add_argument("--format", choices=["hf"], default="hf", help="target format (hf = Hugging Face GPT-2)")
     parser.add_argument("--out", required=True, metavar="DIR", help="the folder to create")
-    parser.add_argument("--overwrite", action="store_true", help="replace DIR if it exists")
+    parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     parser.add_argument(
         "--weights-only", action="store_true",
         help="write config.json + model.safetensors only (for a tokenizer GPT-2's files cannot hold)",

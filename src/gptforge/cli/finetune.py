@@ -10,6 +10,7 @@ import argparse
 import json
 
 from gptforge.errors import GptforgeError
+from gptforge.io import OVERWRITE_HELP
 
 
 def _common(p: argparse.ArgumentParser, epochs: int, batch_size: int, lr: float, lora_lr: float) -> None:
@@ -35,7 +36,7 @@ def _common(p: argparse.ArgumentParser, epochs: int, batch_size: int, lr: float,
     p.add_argument("--checkpoint-every", type=int, default=100,
                    help="steps between progress checkpoints kept beside --out (and one per epoch); a stopped "
                         "run continues from the last when the same command runs again; 0: none (default 100)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out (and start over)")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP + "; a stopped run's progress is discarded")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--json", action="store_true", help="print results.json as one JSON object on stdout")
 

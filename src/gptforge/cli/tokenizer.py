@@ -11,6 +11,7 @@ import json
 import sys
 
 from gptforge.errors import TokenizerError
+from gptforge.io import OVERWRITE_HELP, check_replaceable
 
 KINDS = ("char", "bpe", "regex-bpe", "hf-bpe")
 DEFAULT_SPECIALS = {
@@ -59,9 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--verbose", action="store_true", help="print every merge as it is learned (bpe, regex-bpe)"
     )
     p.add_argument("--errors", choices=("strict", "replace"), default="strict", help=errors_help)
-    p.add_argument(
-        "--overwrite", action="store_true", help="replace an existing DIR/tokenizer.json"
-    )
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(_run=_train)
 
     p = sub.add_parser("encode", help="print the ids of a text", description=_encode.__doc__)
@@ -118,6 +117,8 @@ def _train(args: argparse.Namespace) -> int:
         raise TokenizerError(
             f"{out} already exists; pass --overwrite to replace it, or choose another --out"
         )
+    if args.overwrite:
+        check_replaceable(out, protect=tuple(args.input))
     if args.pattern is not None and args.kind != "regex-bpe":
         raise TokenizerError(f"--pattern applies to --kind regex-bpe only, not {args.kind}")
     if args.kind != "char" and args.vocab_size is None:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 
+from gptforge.io import OVERWRITE_HELP
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from gptforge.config import describe
@@ -26,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", metavar="DIR", help="dataset dir made by `gptforge prepare` (= --data.dir)")
     parser.add_argument("--out", metavar="RUN", help="the run dir to create")
     parser.add_argument("--resume", metavar="RUN", help="continue this run from its latest complete checkpoint")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing run dir")
+    parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout at the end")
     rows = [row for row in describe(RunConfig()) if row[0] != "--preset"]
     parser.epilog = "config keys:\n" + "\n".join(f"  {flag:<28} {help_} (default {default})" for flag, default, help_ in rows)

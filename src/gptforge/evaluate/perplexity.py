@@ -44,9 +44,9 @@ def _scored_loss(model: torch.nn.Module, x: torch.Tensor, rows: torch.Tensor, y:
         x: (B, T) inputs; rows: (N,) flat indices into B * T of the scored positions;
         y: (N,) their targets. Only those N rows go through the LM head.
     """
-    if hasattr(model, "hidden_states") and hasattr(model, "lm_head"):
+    if hasattr(model, "hidden_states") and hasattr(model, "head"):
         h = model.hidden_states(x)  # (B, T, C)
-        logits = model.lm_head(h.reshape(-1, h.shape[-1]).index_select(0, rows))  # (N, V)
+        logits = model.head(h.reshape(-1, h.shape[-1]).index_select(0, rows))  # (N, V), padding cut
     else:
         logits = model(x)  # (B, T, V)
         logits = logits.reshape(-1, logits.shape[-1]).index_select(0, rows)  # (N, V)
@@ -66,7 +66,7 @@ def evaluate_tokens(
     """Score every token of ``tokens`` (except the first) once, with a strided sliding window.
 
     Args:
-        model: a GPT (or anything with ``hidden_states`` + ``lm_head``, or returning logits).
+        model: a GPT (or anything with ``hidden_states`` + ``head``, or returning logits).
         tokens: 1-D ids (a list, a numpy array or memmap, or a tensor).
         block_size: window length; default the model's ``config.block_size``.
         stride: how far each window moves; default ``block_size // 2``.

@@ -15,9 +15,9 @@ row's first real token, so left and right padding give the same prediction.
 What trains (``--train``): ``head`` (the head only), ``last-k`` (the last k
 blocks, ``ln_f`` and the head), ``all``, or ``lora`` (LoRA adapters + the head).
 
-A fine-tuned classifier is a model dir whose ``config.json`` has a
-``classifier`` key (``{"labels": [...], "max_length": N}``) and whose weights
-include ``classifier.weight`` / ``classifier.bias``; :func:`_load_hook` rebuilds it.
+A fine-tuned classifier is a model dir whose ``config.json`` lists a ``classifier``
+variant (``{"kind": "classifier", "labels": [...], "max_length": N}``) and whose weights
+include ``classifier.weight`` / ``classifier.bias``; :func:`apply_variant` rebuilds it.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from gptforge.finetune.loop import LoopConfig, finetune
 from gptforge.finetune.lora import apply_lora, count_trainable, merge_lora
 from gptforge.model.config import GPTConfig
 from gptforge.model.gpt import GPT
-from gptforge.model.loading import LOAD_HOOKS, load_weights
+from gptforge.model.variants import add_variant, variant_kinds
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +55,12 @@ class GPTClassifier(GPT):
         nn.init.zeros_(self.classifier.bias)
 
     @classmethod
-    def from_gpt(cls, gpt: GPT, labels: list[str]) -> GPTClassifier:
-        """Wrap a pretrained GPT (its weights are shared, not copied) with a fresh head."""
+    def from_gpt(cls, gpt: GPT, labels: list[str], max_length: int | None = None) -> GPTClassifier:
+        """Wrap a pretrained GPT (its weights are shared, not copied) with a fresh head.
+
+        The variants already applied to ``gpt`` carry over (an earlier classifier head is
+        replaced), and the ``classifier`` variant is recorded last.
+        """
         with torch.device("meta"):
             model = cls(gpt.config, labels)
         for name in ("transformer", "lm_head"):
@@ -65,6 +69,12 @@ class GPTClassifier(GPT):
         nn.init.normal_(model.classifier.weight, std=0.02)
         nn.init.zeros_(model.classifier.bias)
         model.tokenizer = getattr(gpt, "tokenizer", None)
+        model.max_length = int(max_length or gpt.config.block_size)
+        for attr in ("quantization", "model_dir", "extra_config"):
+            if hasattr(gpt, attr):
+                setattr(model, attr, getattr(gpt, attr))
+        model.variants = [v for v in getattr(gpt, "variants", None) or [] if v["kind"] != "classifier"]
+        add_variant(model, {"kind": "classifier", "labels": list(model.labels), "max_length": model.max_length})
         return model
 
     def classify_logits(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -94,8 +104,13 @@ def set_trainable(model: GPTClassifier, mode: str, last_k: int = 1, lora: dict[s
     """Choose what trains: ``head``, ``last-k``, ``all`` or ``lora`` (see module docstring)."""
     if mode not in TRAIN_MODES:
         raise ConfigError(f"--train {mode!r} is not one of {list(TRAIN_MODES)}")
+    if mode in ("last-k", "all") and "quantization" in variant_kinds(model):
+        raise ConfigError(
+            f"--train {mode} would train a quantized base, whose integer weights cannot learn; use "
+            "--train lora (float adapters on the frozen quantized base) or --train head"
+        )
     if mode == "lora":
-        apply_lora(model.transformer, **(lora or {}))  # freezes everything else in the body
+        apply_lora(model, **(lora or {}), scope="transformer")  # freezes everything else
         for p in model.transformer.wte.parameters():
             p.requires_grad_(False)
     else:
@@ -196,23 +211,12 @@ def format_report(name: str, report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _load_hook(gpt_config: GPTConfig, config: dict, model_dir: Path) -> GPT | None:
-    """LOAD_HOOKS entry: rebuild a GPTClassifier when config.json has a ``classifier`` key."""
-    info = config.get("classifier")
-    if not info:
-        return None
-    labels = info.get("labels") if isinstance(info, dict) else None
+def apply_variant(model: GPT, entry: dict[str, Any], source: Path | str) -> GPTClassifier:
+    """The ``classifier`` variant on a (meta-device) model being loaded: a head, no weights yet."""
+    labels = entry.get("labels")
     if not isinstance(labels, list) or len(labels) < 2:
-        raise ModelError(f"{model_dir / 'config.json'}: classifier.labels must list at least two labels")
-    with torch.device("meta"):
-        model = GPTClassifier(gpt_config, [str(x) for x in labels])
-    load_weights(model, model_dir)
-    model.max_length = int(info.get("max_length", gpt_config.block_size))
-    return model
-
-
-if _load_hook not in LOAD_HOOKS:
-    LOAD_HOOKS.append(_load_hook)
+        raise ModelError(f"{source}: the classifier variant must list at least two labels")
+    return GPTClassifier.from_gpt(model, [str(x) for x in labels], entry.get("max_length"))
 
 
 @dataclass
@@ -247,12 +251,14 @@ def run_classification(opts: ClassifyOptions, loop: LoopConfig) -> dict[str, Any
     """
     from gptforge.finetune.data import balance_classes, read_labelled, split_records
     from gptforge.finetune.resume import discard_progress, open_progress
-    from gptforge.io import atomic_dir, write_json
+    from gptforge.io import atomic_dir, check_replaceable, write_json
     from gptforge.model.loading import load_model, save_model
 
     out = Path(opts.out)
     if out.exists() and not opts.overwrite:
         raise ConfigError(f"output {out} already exists; pass --overwrite or choose another --out")
+    if opts.overwrite:
+        check_replaceable(out, protect=(opts.model, opts.data))
     records = read_labelled(opts.data, opts.text_column, opts.label_column)
     if opts.balance:
         records = balance_classes(records, loop.seed)
@@ -275,7 +281,7 @@ def run_classification(opts: ClassifyOptions, loop: LoopConfig) -> dict[str, Any
 
     train_ex, val_ex, test_ex = encode(train, "train"), encode(val, "val"), encode(test, "test")
     torch.manual_seed(loop.seed)  # the head's initial weights
-    model = GPTClassifier.from_gpt(base, labels)
+    model = GPTClassifier.from_gpt(base, labels, max_length)
     lora = {"rank": opts.lora_rank, "alpha": opts.lora_alpha, "dropout": opts.lora_dropout,
             "targets": opts.lora_targets}  # fmt: skip
     set_trainable(model, opts.train, opts.last_k, lora)
@@ -287,7 +293,8 @@ def run_classification(opts: ClassifyOptions, loop: LoopConfig) -> dict[str, Any
     with atomic_dir(out, overwrite=opts.overwrite) as tmp:
         history = finetune(model, task, train_ex, val_ex, loop, metrics_path=tmp / "metrics.jsonl",
                            progress_dir=progress, fingerprint=fingerprint)
-        merge_lora(model)
+        if "quantization" not in variant_kinds(model):  # adapters on a quantized base stay apart
+            merge_lora(model)
         reports = {}
         for name, split in (("val", val_ex), ("test", test_ex)):
             if split:
@@ -307,8 +314,7 @@ def run_classification(opts: ClassifyOptions, loop: LoopConfig) -> dict[str, Any
             "model": str(opts.model),
             "data": str(opts.data),
         }
-        extra = {"classifier": {"labels": labels, "max_length": max_length}}
-        save_model(model, tmp / "final", tokenizer=tokenizer, extra_config=extra)
+        save_model(model, tmp / "final", tokenizer=tokenizer)
         write_json(tmp / "results.json", results)
     discard_progress(progress)  # complete: nothing left to resume
     return results

@@ -117,7 +117,7 @@ class InstructTask:
         keep = batch["labels"] != IGNORE_INDEX  # (B, T)
         # The LM head only where a target is scored: the (C x V) projection is most of the
         # compute of a small model, and prompts and padding are most of the positions.
-        logits = model.lm_head(h[keep])  # (N, V)
+        logits = model.head(h[keep])  # (N, V), padding rows cut
         loss = F.cross_entropy(logits.float(), batch["labels"][keep])
         return loss, int(keep.sum())
 
@@ -160,6 +160,27 @@ def generate_responses(
     return rows
 
 
+def check_trainable_base(model: torch.nn.Module, lora_rank: int, merge: bool) -> None:
+    """Refuse, before any work, what cannot train: every weight of a quantized base is an integer.
+
+    LoRA on a quantized base works (QLoRA-style: frozen integers, float adapters), unmerged.
+    """
+    from gptforge.model.variants import variant_kinds
+
+    if "quantization" not in variant_kinds(model):
+        return
+    if lora_rank <= 0:
+        raise ConfigError(
+            "the base model is quantized: full fine-tuning cannot train its integer weights; pass "
+            "--lora-rank 8 (float adapters on the frozen quantized base), or fine-tune the float model"
+        )
+    if merge:
+        raise ConfigError(
+            "--merge cannot fold adapters into a quantized base; drop --merge (the adapters are saved "
+            "beside the integer weights and load back), or fine-tune the float model"
+        )
+
+
 @dataclass
 class InstructOptions:
     """Everything ``gptforge finetune instruct`` takes (see the CLI for help)."""
@@ -190,14 +211,16 @@ def run_instruct(opts: InstructOptions, loop: LoopConfig) -> dict[str, Any]:
     built in a temporary folder and renamed at the end.
     """
     from gptforge.finetune.data import read_instructions, split_records
-    from gptforge.finetune.lora import apply_lora, count_trainable, lora_config_entry, merge_lora
+    from gptforge.finetune.lora import apply_lora, count_trainable, merge_lora
     from gptforge.finetune.resume import discard_progress, open_progress
-    from gptforge.io import atomic_dir, write_json
+    from gptforge.io import atomic_dir, check_replaceable, write_json
     from gptforge.model.loading import load_model, save_model
 
     out = Path(opts.out)
     if out.exists() and not opts.overwrite:
         raise ConfigError(f"output {out} already exists; pass --overwrite or choose another --out")
+    if opts.overwrite:
+        check_replaceable(out, protect=(opts.model, opts.data))
     if opts.lora_rank < 0:
         raise ConfigError(f"--lora-rank must be >= 0 (0 = full fine-tuning), got {opts.lora_rank}")
     if opts.lora_rank > 0 and "lm_head" in opts.lora_targets and not opts.merge:
@@ -209,6 +232,7 @@ def run_instruct(opts: InstructOptions, loop: LoopConfig) -> dict[str, Any]:
     tokenizer = model.tokenizer
     if tokenizer is None:
         raise ModelError(f"model {opts.model} has no tokenizer.json; instruction tuning needs one")
+    check_trainable_base(model, opts.lora_rank, opts.merge)
     max_length = min(opts.max_length or model.config.block_size, model.config.block_size)
     train_conv, val_conv, _ = split_records(conversations, opts.val_fraction, 0.0, loop.seed)
     train = encode_all(tokenizer, template, train_conv, max_length, opts.on_too_long, f"{opts.data} (train)")
@@ -240,10 +264,7 @@ def run_instruct(opts: InstructOptions, loop: LoopConfig) -> dict[str, Any]:
         with open(tmp / "responses.jsonl", "w", encoding="utf-8") as f:
             for row in responses:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        extra: dict[str, Any] = {"template": template.to_dict()}
-        lora_entry = lora_config_entry(model)
-        if lora_entry is not None:
-            extra["lora"] = lora_entry  # unmerged adapters: loadable, but export needs --merge
+        extra: dict[str, Any] = {"template": template.to_dict()}  # (unmerged adapters: in the variants)
         save_model(model, tmp / "final", tokenizer=tokenizer, extra_config=extra)
         results = {
             "task": "instruct",

@@ -11,7 +11,6 @@ clipping, a progress bar, and one ``metrics.jsonl`` line per logged step/eval.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -23,6 +22,7 @@ from typing import Any, Protocol
 import torch
 
 from gptforge.errors import ConfigError
+from gptforge.io import json_line
 
 logger = logging.getLogger(__name__)
 
@@ -154,12 +154,12 @@ def finetune(
         logger.info("resuming from step %d of %d (checkpoint %s)", step, total_steps, progress_dir)
     out = open(metrics_path, "a", encoding="utf-8") if metrics_path else None  # noqa: SIM115
     if out is not None:
-        out.writelines(json.dumps(line) + "\n" for line in history)
+        out.writelines(json_line(line) + "\n" for line in history)
 
     def log(line: dict[str, float]) -> None:
         history.append(line)
         if out is not None:
-            out.write(json.dumps(line) + "\n")
+            out.write(json_line(line) + "\n")  # NaN/inf as null + "not_finite"
             out.flush()
 
     saved_step = step if saved is not None else None  # the step the newest checkpoint holds

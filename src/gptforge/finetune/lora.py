@@ -20,6 +20,8 @@ A frozen ``nn.Linear`` computes ``y = x W^T + b``. LoRA learns a low-rank update
 
 Only A and B train: ``r * (in + out)`` numbers per layer instead of ``in * out``.
 Because B starts at zero, the adapted model equals the base model at step 0.
+The frozen layer may also be a quantized ``QuantLinear`` (QLoRA's idea, Dettmers et al.
+2023, arXiv:2305.14314: integer base, float adapters); such adapters stay unmerged.
 :func:`merge_lora` folds ``W + (alpha / r) B A`` back into plain ``nn.Linear``
 layers, so the result is an ordinary GPT that saves and exports like any other.
 
@@ -39,7 +41,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gptforge.errors import ConfigError
+from gptforge.errors import ConfigError, ModelError
+from gptforge.model.variants import add_variant, remove_variants
 
 DEFAULT_TARGETS = ("c_attn", "c_proj", "c_fc")
 
@@ -54,7 +57,7 @@ class LoRALinear(nn.Module):
         dropout: dropout on the adapter's input only.
     """
 
-    def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float = 0.0) -> None:
+    def __init__(self, base: nn.Module, rank: int, alpha: float, dropout: float = 0.0) -> None:
         super().__init__()
         if rank <= 0:
             raise ConfigError(f"LoRA rank must be > 0, got {rank}")
@@ -68,6 +71,7 @@ class LoRALinear(nn.Module):
         self.lora_A = nn.Parameter(torch.empty(rank, base.in_features, device=dev, dtype=dt))  # (r, in)
         self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, device=dev, dtype=dt))  # (out, r)
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as nn.Linear initialises its weight
+        self.dropout_p = float(dropout)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -80,6 +84,11 @@ class LoRALinear(nn.Module):
     @torch.no_grad()
     def merged(self) -> nn.Linear:
         """A plain ``nn.Linear`` whose weight is ``W + (alpha / r) B A``."""
+        if not isinstance(self.base, nn.Linear):
+            raise ModelError(
+                f"cannot merge LoRA adapters into a {type(self.base).__name__} (a quantized base has no "
+                "float weight to fold them into); keep them unmerged, or fine-tune the float model"
+            )
         out = nn.Linear(self.base.in_features, self.base.out_features, bias=self.base.bias is not None)
         out = out.to(device=self.base.weight.device, dtype=self.base.weight.dtype)
         delta = (self.lora_B.float() @ self.lora_A.float()) * self.scaling  # (out, in)
@@ -117,19 +126,31 @@ class LoRAEmbedding(nn.Module):
         return self.base(idx) + (rows * head.scaling) @ head.lora_A  # (..., C)
 
 
+def _adaptable(module: nn.Module) -> bool:
+    """A float ``nn.Linear``, or a quantized ``QuantLinear`` (frozen integers, float adapters)."""
+    if isinstance(module, nn.Linear):
+        return True
+    from gptforge.quantize.modules import QuantLinear
+
+    return isinstance(module, QuantLinear) and not module._tied_to
+
+
 def apply_lora(
     model: nn.Module,
     rank: int = 8,
     alpha: float = 16.0,
     dropout: float = 0.0,
     targets: list[str] | tuple[str, ...] = DEFAULT_TARGETS,
+    scope: str = "",
 ) -> list[str]:
-    """Freeze ``model`` and wrap every ``nn.Linear`` whose name ends with a target in LoRALinear.
+    """Freeze ``model`` and wrap every linear layer whose name ends with a target in LoRALinear.
 
     ``targets`` are the last component of a module name (``c_attn``, ``c_proj``,
-    ``c_fc``, ``lm_head``). Everything else in the model is frozen; the caller may
-    unfreeze more (a classification head) afterwards. When ``lm_head`` is adapted and
-    tied to ``transformer.wte``, the embedding reads the same update (:class:`LoRAEmbedding`).
+    ``c_fc``, ``lm_head``); only modules under ``scope`` (a module path, "" = all) are
+    wrapped. Everything else in the model is frozen; the caller may unfreeze more (a
+    classification head) afterwards. When ``lm_head`` is adapted and tied to
+    ``transformer.wte``, the embedding reads the same update (:class:`LoRAEmbedding`).
+    The ``lora`` variant (with the full names of the wrapped modules) is recorded on ``model``.
 
     Returns:
         the names of the wrapped modules.
@@ -139,25 +160,59 @@ def apply_lora(
     """
     for p in model.parameters():
         p.requires_grad_(False)
-    wrapped = []
-    for name, module in list(model.named_modules()):
-        for child_name, child in list(module.named_children()):
-            if isinstance(child, nn.Linear) and child_name in targets:
-                setattr(module, child_name, LoRALinear(child, rank, alpha, dropout))
-                wrapped.append(f"{name}.{child_name}" if name else child_name)
-    if not wrapped:
-        raise ConfigError(f"no nn.Linear named {list(targets)} in the model; LoRA targets are e.g. {list(DEFAULT_TARGETS)}")
+    names = [
+        f"{name}.{child_name}" if name else child_name
+        for name, module in model.named_modules()
+        if not scope or name == scope or name.startswith(scope + ".")
+        for child_name, child in module.named_children()
+        if child_name in targets and _adaptable(child)
+    ]
+    if not names:
+        raise ConfigError(f"no linear layer named {list(targets)} in the model; LoRA targets are e.g. {list(DEFAULT_TARGETS)}")
+    _wrap(model, names, rank, alpha, dropout)
+    return names
+
+
+def _wrap(model: nn.Module, names: list[str], rank: int, alpha: float, dropout: float) -> None:
+    """Wrap the modules ``names`` in LoRALinear (and the tied embedding) and record the variant."""
+    for full in names:
+        parent_name, _, child_name = full.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child_name, LoRALinear(getattr(parent, child_name), rank, alpha, dropout))
     head, transformer = getattr(model, "lm_head", None), getattr(model, "transformer", None)
     wte = getattr(transformer, "wte", None)
     if isinstance(head, LoRALinear) and isinstance(wte, nn.Embedding) and wte.weight is head.base.weight:
         transformer.wte = LoRAEmbedding(wte, head)
-    return wrapped
+    add_variant(model, {"kind": "lora", "rank": rank, "alpha": alpha, "dropout": dropout, "modules": list(names)})
+
+
+def apply_variant(model: nn.Module, entry: dict, source) -> nn.Module:  # noqa: ANN001
+    """The ``lora`` variant on a (meta-device) model being loaded: the adapters, no weights yet.
+
+    ``modules`` names the wrapped layers; entries written before it existed give the
+    targets' last names instead (``targets``), matched over the whole model.
+    """
+    try:
+        rank, alpha = int(entry["rank"]), float(entry["alpha"])
+        dropout = float(entry.get("dropout", 0.0))
+        if "modules" in entry:
+            _wrap(model, [str(n) for n in entry["modules"]], rank, alpha, dropout)
+        else:
+            apply_lora(model, rank, alpha, dropout, tuple(entry["targets"]))
+    except (KeyError, TypeError, ValueError, AttributeError, ConfigError) as e:
+        raise ModelError(f"{source}: the lora variant does not fit the model ({e})") from None
+    return model
 
 
 def merge_lora(model: nn.Module) -> nn.Module:
     """Replace every LoRALinear by a plain ``nn.Linear`` holding the merged weight (in place);
     a :class:`LoRAEmbedding` becomes an ``nn.Embedding`` tied to its merged head again."""
     merged: dict[int, nn.Linear] = {}
+    if any(isinstance(m, LoRALinear) and not isinstance(m.base, nn.Linear) for m in model.modules()):
+        raise ModelError(
+            "cannot merge LoRA adapters into a quantized base (it has no float weight to fold them "
+            "into); keep them unmerged (they load back as they are), or fine-tune the float model"
+        )
     for module in list(model.modules()):
         for child_name, child in list(module.named_children()):
             if isinstance(child, LoRALinear):
@@ -169,6 +224,7 @@ def merge_lora(model: nn.Module) -> nn.Module:
                 emb = child.base
                 emb.weight = merged[id(child._head[0])].weight  # the tie, restored
                 setattr(module, child_name, emb)
+    remove_variants(model, "lora")
     return model
 
 
@@ -184,39 +240,6 @@ def count_trainable(model: nn.Module) -> tuple[int, int]:
 
 
 def lora_config_entry(model: nn.Module) -> dict | None:
-    """The ``config.json["lora"]`` entry describing the adapters in ``model`` (None if none).
-
-    A model dir saved with unmerged adapters carries this key; :func:`_load_hook`
-    re-applies the adapters before loading the weights (``lora_A``/``lora_B`` included).
-    """
-    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, LoRALinear)]
-    if not layers:
-        return None
-    first = layers[0][1]
-    targets = sorted({name.rsplit(".", 1)[-1] for name, _ in layers})
-    return {"rank": first.rank, "alpha": first.alpha, "targets": targets}
-
-
-def _load_hook(gpt_config, config: dict, model_dir):  # noqa: ANN001, ANN202 - LOAD_HOOKS signature
-    """LOAD_HOOKS entry: rebuild a GPT with unmerged LoRA adapters (``config.json["lora"]``)."""
-    info = config.get("lora")
-    if not info or "classifier" in config:
-        return None
-    from gptforge.model.gpt import GPT
-    from gptforge.model.loading import load_weights
-
-    with torch.device("meta"):
-        model = GPT(gpt_config)
-        apply_lora(model, rank=int(info["rank"]), alpha=float(info["alpha"]), targets=tuple(info["targets"]))
-    return load_weights(model, model_dir)
-
-
-def register_load_hook() -> None:
-    """Add :func:`_load_hook` to ``gptforge.model.loading.LOAD_HOOKS`` (once)."""
-    from gptforge.model.loading import LOAD_HOOKS
-
-    if _load_hook not in LOAD_HOOKS:
-        LOAD_HOOKS.append(_load_hook)
-
-
-register_load_hook()
+    """The ``lora`` variant entry describing the adapters in ``model`` (None if none)."""
+    entries = [v for v in getattr(model, "variants", None) or [] if v["kind"] == "lora"]
+    return entries[-1] if entries else None

@@ -15,7 +15,7 @@ from gptforge.errors import GptforgeError, ModelError, TokenizerError
 
 logger = logging.getLogger(__name__)
 
-# config.json keys written by other parts of gptforge that change what the weights mean.
+# model variants (config.json "variants") that change what the weights mean.
 _NOT_EXPORTABLE_KEYS = {
     "quantization": "a quantized model (export the model it was quantized from)",
     "classifier": "a classifier head (GPT2LMHeadModel has only the language-model head)",
@@ -23,9 +23,13 @@ _NOT_EXPORTABLE_KEYS = {
 }
 
 
-def _check_output(out: Path, overwrite: bool) -> None:
+def _check_output(out: Path, overwrite: bool, source: str | Path) -> None:
+    from gptforge.io import check_replaceable
+
     if out.exists() and not overwrite:
         raise GptforgeError(f"output {out} already exists; pass --overwrite or choose another path")
+    if overwrite:
+        check_replaceable(out, protect=(source,))
 
 
 def import_hf(src: str | Path, out: str | Path, overwrite: bool = False) -> dict[str, Any]:
@@ -39,7 +43,7 @@ def import_hf(src: str | Path, out: str | Path, overwrite: bool = False) -> dict
     from gptforge.model.loading import save_model
 
     src, out = Path(src), Path(out)
-    _check_output(out, overwrite)
+    _check_output(out, overwrite, src)
     model = load_hf_gpt2(src)
     _check_tokenizer_saves_faithfully(model.tokenizer, src)
     with atomic_dir(out, overwrite=overwrite) as tmp:
@@ -73,7 +77,8 @@ def _check_tokenizer_saves_faithfully(tok: Any, src: Path) -> None:
 
 
 def export_hf(model_path: str | Path, out: str | Path, overwrite: bool = False, weights_only: bool = False) -> dict[str, Any]:
-    """Write a gptforge model as a folder that ``GPT2LMHeadModel.from_pretrained`` and
+    """Write a gptforge model as a folder that ``GPT2LMHeadModel.from_pretrained`` (or, for a
+    rope + rmsnorm + swiglu model without biases, ``LlamaForCausalLM``) and
     ``GPT2TokenizerFast.from_pretrained`` load offline.
 
     Args:
@@ -88,17 +93,25 @@ def export_hf(model_path: str | Path, out: str | Path, overwrite: bool = False, 
     from gptforge.interop.hf_tokenizer import hf_vocab_and_merges, write_hf_tokenizer
     from gptforge.io import atomic_dir, save_safetensors, write_json
     from gptforge.model.hf_gpt2 import hf_config_from_gpt, hf_state_from_gpt
+    from gptforge.model.hf_llama import llama_config_from_gpt, llama_state_from_gpt
     from gptforge.model.loading import load_model
 
     out = Path(out)
-    _check_output(out, overwrite)
+    _check_output(out, overwrite, model_path)
     model = load_model(model_path)
-    extra = getattr(model, "extra_config", {}) or {}
-    bad = [what for key, what in _NOT_EXPORTABLE_KEYS.items() if key in extra]
+    from gptforge.model.variants import variant_kinds
+
+    bad = [what for key, what in _NOT_EXPORTABLE_KEYS.items() if key in variant_kinds(model)]
     if bad:
         raise ModelError(f"{model_path} cannot be exported as GPT-2: it is {'; '.join(bad)}")
     eot = model.tokenizer.eot_id if model.tokenizer is not None else None
-    hf_config = hf_config_from_gpt(model.config, eot_id=eot)  # refuses post-LN etc. before the slow part
+    # A modern model (rope + rmsnorm + swiglu, no biases) goes out as Llama, any other as GPT-2;
+    # what neither can express is refused by name before the slow part.
+    llama = model.config.positions == "rope" or model.config.activation == "swiglu"
+    if llama:
+        hf_config = llama_config_from_gpt(model.config, eot_id=eot)
+    else:
+        hf_config = hf_config_from_gpt(model.config, eot_id=eot)
     tok = model.tokenizer
     tables = None
     if not weights_only:
@@ -109,7 +122,7 @@ def export_hf(model_path: str | Path, out: str | Path, overwrite: bool = False, 
         except TokenizerError as e:
             raise TokenizerError(f"{e}; pass --weights-only to export the model without a tokenizer") from None
     hf_config["torch_dtype"] = str(model.transformer.wte.weight.dtype).removeprefix("torch.")
-    state = hf_state_from_gpt(model)
+    state = llama_state_from_gpt(model) if llama else hf_state_from_gpt(model)
     written = ["config.json", "model.safetensors"]
     with atomic_dir(out, overwrite=overwrite) as tmp:
         save_safetensors(state, tmp / "model.safetensors", metadata={"format": "pt"})

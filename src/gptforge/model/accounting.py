@@ -82,15 +82,24 @@ def count_params(config: GPTConfig) -> ParamCounts:
     C, H, V = config.n_embd, config.hidden_dim, _vocab(config)
     inner = config.n_head * config.head_dim
     b = 1 if config.bias else 0
-    layer_norm = C + b * C
+    fc = 2 * H if config.activation == "swiglu" else H  # swiglu: [gate | up]
+
+    def norm(width: int) -> int:  # gain (+ LayerNorm's bias), or nothing for a parameter-free norm
+        if not config.norm_gain:
+            return 0
+        return width + (b * width if config.normalization == "layernorm" else 0)
+
+    layer_norm = norm(C)
     per_layer = (
         2 * layer_norm
+        + (2 * norm(config.head_dim) if config.qk_norm else 0)  # attn.q_norm, attn.k_norm
         + C * 3 * inner + b * 3 * inner  # attn.c_attn
         + inner * C + b * C  # attn.c_proj
-        + C * H + b * H  # mlp.c_fc
+        + C * fc + b * fc  # mlp.c_fc
         + H * C + b * C  # mlp.c_proj
     )
-    wte, wpe = V * C, config.block_size * C
+    wte = V * C
+    wpe = config.block_size * C if config.positions == "learned" else 0  # rope: no table
     ln_f = layer_norm if config.norm == "pre" else 0  # post-LN (GPT-1) has no final norm
     lm_head = 0 if config.tie_weights else V * C
     total = wte + wpe + config.n_layer * per_layer + ln_f + lm_head

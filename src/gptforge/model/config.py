@@ -15,8 +15,10 @@ from gptforge.errors import ConfigError
 # The allowed values of the Literal fields, checked in __post_init__ as well as by
 # config.apply, so a GPTConfig built directly in Python is checked too.
 _CHOICES: dict[str, tuple[str, ...]] = {
-    "activation": ("gelu", "relu"),
+    "activation": ("gelu", "relu", "relu2", "swiglu"),
     "norm": ("pre", "post"),
+    "normalization": ("layernorm", "rmsnorm"),
+    "positions": ("learned", "rope"),
     "attention": ("sdpa", "explicit"),
 }
 
@@ -32,10 +34,29 @@ class GPTConfig:
     n_embd: int = cfg_field(384, "embedding (residual stream) width")
     head_size: int | None = cfg_field(None, "size of one head; None = n_embd // n_head")
     mlp_hidden: int | None = cfg_field(None, "MLP hidden width; None = 4 * n_embd")
-    activation: Literal["gelu", "relu"] = cfg_field(
-        "gelu", "MLP activation (gelu = tanh approximation, as GPT-1, GPT-2 and HF's gelu_new)"
+    activation: Literal["gelu", "relu", "relu2", "swiglu"] = cfg_field(
+        "gelu", "MLP activation: gelu (tanh approximation, as GPT-1, GPT-2 and HF's gelu_new), relu, "
+        "relu2 (ReLU squared, Primer), swiglu (silu(gate) * up, Llama)"
     )
     norm: Literal["pre", "post"] = cfg_field("pre", "LayerNorm before (GPT-2) or after (GPT-1) each sub-block")
+    normalization: Literal["layernorm", "rmsnorm"] = cfg_field(
+        "layernorm", "the norm layers: layernorm (GPT-2) or rmsnorm (Llama; no mean, no bias)"
+    )
+    norm_gain: bool = cfg_field(True, "norms have a learnable gain (false: parameter-free norms)")
+    qk_norm: bool = cfg_field(False, "normalise queries and keys per head before attention (QK-norm)")
+    positions: Literal["learned", "rope"] = cfg_field(
+        "learned", "learned position embeddings (wpe, GPT-2) or rotary positions on q and k (rope, Llama)"
+    )
+    rope_base: float = cfg_field(10000.0, "RoPE base: the slowest rotation's wavelength scale (positions rope)")
+    mlp_multiple_of: int = cfg_field(
+        256, "swiglu with mlp_hidden unset: the hidden width 8/3 * n_embd is rounded up to a multiple of this (Llama)"
+    )
+    logit_softcap: float | None = cfg_field(
+        None, "cap the logits smoothly at +-this: cap * tanh(logits / cap) (Gemma 2); None = off"
+    )
+    zero_init_proj: bool = cfg_field(
+        False, "initialise the output projections (attn.c_proj, mlp.c_proj) to zero: each block starts as identity"
+    )
     dropout: float = cfg_field(0.0, "dropout on embeddings, attention weights and residual outputs")
     bias: bool = cfg_field(True, "biases in Linear and LayerNorm layers")
     tie_weights: bool = cfg_field(True, "share the token embedding and LM head weights")
@@ -66,6 +87,14 @@ class GPTConfig:
             problems.append(f"model.dropout must be in [0, 1), got {self.dropout!r}")
         if isinstance(self.pad_vocab_to, bool) or not isinstance(self.pad_vocab_to, int) or self.pad_vocab_to < 1:
             problems.append(f"model.pad_vocab_to must be an integer >= 1 (1: no padding), got {self.pad_vocab_to!r}")
+        if isinstance(self.mlp_multiple_of, bool) or not isinstance(self.mlp_multiple_of, int) or self.mlp_multiple_of < 1:
+            problems.append(f"model.mlp_multiple_of must be an integer >= 1, got {self.mlp_multiple_of!r}")
+        if not isinstance(self.rope_base, (int, float)) or not self.rope_base > 1:
+            problems.append(f"model.rope_base must be a number > 1, got {self.rope_base!r}")
+        if self.logit_softcap is not None and (
+            not isinstance(self.logit_softcap, (int, float)) or not self.logit_softcap > 0
+        ):
+            problems.append(f"model.logit_softcap must be positive or None, got {self.logit_softcap!r}")
         if not isinstance(self.layer_norm_eps, (int, float)) or not self.layer_norm_eps > 0:
             problems.append(f"model.layer_norm_eps must be positive, got {self.layer_norm_eps!r}")
         if (
@@ -80,6 +109,8 @@ class GPTConfig:
                 f"model.n_embd ({self.n_embd}) is not divisible by model.n_head ({self.n_head}); "
                 "change one of them or set model.head_size explicitly"
             )
+        if self.positions == "rope" and not problems and self.head_dim % 2:
+            problems.append(f"model.positions rope needs an even head size, got {self.head_dim}")
         if problems:
             raise ConfigError("\n".join(problems))
 
@@ -100,8 +131,18 @@ class GPTConfig:
 
     @property
     def hidden_dim(self) -> int:
-        """The MLP hidden width (``mlp_hidden`` or ``4 * n_embd``)."""
-        return self.mlp_hidden if self.mlp_hidden is not None else 4 * self.n_embd
+        """The MLP hidden width H: ``mlp_hidden``, else ``4 * n_embd``.
+
+        For swiglu, whose ``c_fc`` makes two H-wide halves (gate, up), the default is
+        Llama's: 2/3 of ``4 * n_embd`` (the same parameter count as a 4x GELU MLP),
+        rounded up to a multiple of ``mlp_multiple_of`` (n_embd 4096 -> 11008 with 256).
+        """
+        if self.mlp_hidden is not None:
+            return self.mlp_hidden
+        if self.activation == "swiglu":
+            h, m = int(2 * 4 * self.n_embd / 3), self.mlp_multiple_of
+            return m * -(-h // m)
+        return 4 * self.n_embd
 
     @classmethod
     def from_preset(cls, name: str, **overrides: object) -> GPTConfig:

@@ -6,6 +6,9 @@ References:
   GPT-2: Radford et al. 2019, "Language Models are Unsupervised Multitask Learners"
          (pre-LN blocks, a final LayerNorm, residual projections scaled at init).
   Attention: Vaswani et al. 2017, "Attention Is All You Need".
+  The modern options (rotary positions, RMSNorm, QK-norm, ReLU², SwiGLU, soft-capped
+  logits, zero-initialised projections; all off by default) follow Llama (Touvron et
+  al. 2023), Gemma 2 (2024) and modded-nanogpt; their pieces live in ``layers.py``.
 
 Shape legend used in the comments:
   B batch, T time (new positions in this call), S key positions (cache included),
@@ -27,6 +30,9 @@ import torch.nn.functional as F
 from gptforge.errors import ModelError
 from gptforge.model.config import GPTConfig
 from gptforge.model.kv_cache import KVCache
+from gptforge.model.layers import apply_rope, make_activation, make_norm, rope_cos_sin
+
+Rope = tuple[torch.Tensor, torch.Tensor]  # (cos, sin), each (B|1, 1, T, hs/2)
 
 IGNORE_INDEX = -100  # targets with this value add nothing to the loss (padding, prompts)
 
@@ -97,6 +103,9 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
         self.dropout_p = config.dropout
         self.impl = config.attention
+        if config.qk_norm:  # per-head norms over hs: bounded attention logits, steadier training
+            self.q_norm = make_norm(config, self.head_size)
+            self.k_norm = make_norm(config, self.head_size)
 
     def forward(
         self,
@@ -104,12 +113,17 @@ class CausalSelfAttention(nn.Module):
         mask: torch.Tensor | None = None,
         kv_cache: KVCache | None = None,
         layer: int = 0,
+        rope: Rope | None = None,
     ) -> torch.Tensor:
         B, T, _ = x.shape  # (B, T, C)
         q, k, v = self.c_attn(x).split(self.n_head * self.head_size, dim=2)  # 3 x (B, T, nh*hs)
         q = q.view(B, T, self.n_head, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
+        if hasattr(self, "q_norm"):
+            q, k = self.q_norm(q), self.k_norm(k)  # (B, nh, T, hs)
+        if rope is not None:  # rotate by position; the cache keeps rotated keys
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)  # (B, nh, T, hs)
         if kv_cache is not None:
             k, v = kv_cache.update(layer, k, v)  # (B, nh, S, hs) with S = cached + T
         if self.impl == "explicit":
@@ -129,12 +143,14 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    """Position-wise feed-forward: C -> H -> C with GELU (tanh) or ReLU."""
+    """Position-wise feed-forward: C -> H -> C with GELU (tanh), ReLU or ReLU²;
+    with SwiGLU, ``c_fc`` makes [gate | up] (C -> 2H) and the activation joins them (2H -> H)."""
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, config.hidden_dim, bias=config.bias)
-        self.act = nn.GELU(approximate="tanh") if config.activation == "gelu" else nn.ReLU()
+        width = 2 * config.hidden_dim if config.activation == "swiglu" else config.hidden_dim
+        self.c_fc = nn.Linear(config.n_embd, width, bias=config.bias)
+        self.act = make_activation(config.activation)
         self.c_proj = nn.Linear(config.hidden_dim, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
@@ -148,25 +164,26 @@ class Block(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.pre_norm = config.norm == "pre"
-        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
+        self.ln_1 = make_norm(config, config.n_embd)
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
+        self.ln_2 = make_norm(config, config.n_embd)
         self.mlp = MLP(config)
 
     def forward(
-        self, x: torch.Tensor, mask: torch.Tensor | None = None, kv_cache: KVCache | None = None, layer: int = 0
+        self, x: torch.Tensor, mask: torch.Tensor | None = None, kv_cache: KVCache | None = None, layer: int = 0,
+        rope: Rope | None = None,
     ) -> torch.Tensor:
         if self.pre_norm:
-            x = x + self.attn(self.ln_1(x), mask, kv_cache, layer)  # (B, T, C)
+            x = x + self.attn(self.ln_1(x), mask, kv_cache, layer, rope)  # (B, T, C)
             x = x + self.mlp(self.ln_2(x))  # (B, T, C)
         else:
-            x = self.ln_1(x + self.attn(x, mask, kv_cache, layer))  # (B, T, C)
+            x = self.ln_1(x + self.attn(x, mask, kv_cache, layer, rope))  # (B, T, C)
             x = self.ln_2(x + self.mlp(x))  # (B, T, C)
         return x
 
 
 class GPT(nn.Module):
-    """Token + position embeddings, ``n_layer`` blocks, a final norm (pre-LN only), an LM head."""
+    """Token (+ learned position) embeddings, ``n_layer`` blocks, a final norm (pre-LN only), an LM head."""
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
@@ -176,13 +193,12 @@ class GPT(nn.Module):
         self.transformer = nn.ModuleDict(
             dict(
                 wte=nn.Embedding(config.padded_vocab_size, config.n_embd),
-                wpe=nn.Embedding(config.block_size, config.n_embd),
+                # rotary positions rotate q and k instead: no position table
+                **({"wpe": nn.Embedding(config.block_size, config.n_embd)} if config.positions == "learned" else {}),
                 drop=nn.Dropout(config.dropout),
                 h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
                 # GPT-1's post-LN blocks already end in a LayerNorm, so it has no final one.
-                ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
-                if config.norm == "pre"
-                else nn.Identity(),
+                ln_f=make_norm(config, config.n_embd) if config.norm == "pre" else nn.Identity(),
             )
         )
         self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
@@ -196,23 +212,26 @@ class GPT(nn.Module):
     def init_weights(self) -> None:
         """GPT-2 initialisation.
 
-        Linear and Embedding weights ~ N(0, 0.02); biases 0; LayerNorm weight 1, bias 0.
+        Linear and Embedding weights ~ N(0, 0.02); biases 0; norm gains 1, biases 0.
         The output projections that write into the residual stream (``attn.c_proj``
         and ``mlp.c_proj``) use std 0.02 / sqrt(2 * n_layer): each block adds two such
         outputs to the stream, and scaling keeps its variance from growing with depth.
+        With ``zero_init_proj`` they start at exactly 0 instead (modded-nanogpt): every
+        block is the identity at step 0 and the stream is the embedding alone.
         """
-        residual_std = 0.02 / math.sqrt(2 * self.config.n_layer)
+        residual_std = 0.0 if self.config.zero_init_proj else 0.02 / math.sqrt(2 * self.config.n_layer)
         for name, module in self.named_modules():
             if isinstance(module, nn.Linear):
                 std = residual_std if name.endswith("c_proj") else 0.02
-                nn.init.normal_(module.weight, mean=0.0, std=std)
+                nn.init.normal_(module.weight, mean=0.0, std=std)  # std 0 gives exact zeros
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
             elif isinstance(module, nn.Embedding):
                 nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            elif isinstance(module, nn.LayerNorm):
-                nn.init.ones_(module.weight)
-                if module.bias is not None:
+            elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
+                if module.weight is not None:
+                    nn.init.ones_(module.weight)
+                if getattr(module, "bias", None) is not None:
                     nn.init.zeros_(module.bias)
 
     @property
@@ -329,8 +348,12 @@ class GPT(nn.Module):
             position_ids = torch.arange(start, start + T, device=idx.device).unsqueeze(0)  # (1, T)
         wte = self.transformer.wte
         tok = F.embedding(idx, wte.weight, sparse=True) if sparse_grad else wte(idx)  # (B, T, C)
-        pos = self.transformer.wpe(position_ids)  # (B or 1, T, C)
-        x = self.transformer.drop(tok + pos)  # (B, T, C)
+        rope = None
+        if self.config.positions == "rope":
+            rope = rope_cos_sin(position_ids, self.config.head_dim, self.config.rope_base)  # 2 x (B|1, 1, T, hs/2)
+            x = self.transformer.drop(tok)  # (B, T, C)
+        else:
+            x = self.transformer.drop(tok + self.transformer.wpe(position_ids))  # (B, T, C) + (B|1, T, C)
         S = start + T
         mask = None
         if attention_mask is not None:
@@ -338,10 +361,31 @@ class GPT(nn.Module):
         elif S != T and T > 1:  # new queries after cached positions: causal offset by `start`
             mask = build_attention_mask(T, S, None, idx.device)  # (1, 1, T, S)
         for i, block in enumerate(self.transformer.h):
-            x = block(x, mask, kv_cache, i)  # (B, T, C)
+            x = block(x, mask, kv_cache, i, rope)  # (B, T, C)
         if kv_cache is not None:
             kv_cache.advance(T)
         return self.transformer.ln_f(x)  # (B, T, C)
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        """Next-token logits from hidden states: the LM head, less ``pad_vocab_to``'s padding rows,
+        soft-capped when ``logit_softcap`` is set.
+
+        Every caller that projects hidden states itself (perplexity, instruct loss) goes
+        through here, so a padded vocabulary never scores its padding columns.
+
+        Args:
+            h: (..., C) hidden states from :meth:`hidden_states` (any leading shape).
+
+        Returns:
+            (..., V) logits, V = ``config.vocab_size``.
+        """
+        logits = self.lm_head(h)  # (..., padded V)
+        if self.config.padded_vocab_size != self.config.vocab_size:
+            logits = logits[..., : self.config.vocab_size]  # (..., V): padding rows never predicted
+        cap = self.config.logit_softcap
+        if cap is not None:  # smooth clamp to (-cap, cap): no logit can run away (Gemma 2)
+            logits = cap * torch.tanh(logits.float() / cap)
+        return logits
 
     def forward(
         self,
@@ -370,9 +414,7 @@ class GPT(nn.Module):
         )  # (B, T, C)
         if last_only:
             x = x[:, [-1], :]  # (B, 1, C); a list index keeps the time dim
-        logits = self.lm_head(x)  # (B, T, padded V)
-        if self.config.padded_vocab_size != self.config.vocab_size:
-            logits = logits[..., : self.config.vocab_size]  # (B, T, V): padding rows never predicted
+        logits = self.head(x)  # (B, T, V)
         if targets is None:
             return logits
         loss = F.cross_entropy(
@@ -400,7 +442,7 @@ class GPT(nn.Module):
         position embeddings, as nanoGPT reports; the token embedding is kept because, tied,
         it is also the LM head."""
         n = sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())
-        if non_embedding:
+        if non_embedding and "wpe" in self.transformer:
             n -= self.transformer.wpe.weight.numel()
         return n
 

@@ -165,6 +165,14 @@ def unsupported_for_hf(config: GPTConfig) -> list[str]:
         )
     if config.activation not in ("gelu", "relu"):
         problems.append(f"activation {config.activation!r}")
+    if config.positions != "learned":
+        problems.append(f"positions {config.positions!r}; GPT-2 learns a position table")
+    if config.normalization != "layernorm" or not config.norm_gain:
+        problems.append(f"normalization {config.normalization!r} with norm_gain {config.norm_gain}; GPT-2 has LayerNorms with gains")
+    if config.qk_norm:
+        problems.append("qk_norm; GPT-2 has no QK-norm")
+    if config.logit_softcap is not None:
+        problems.append(f"logit_softcap {config.logit_softcap}; GPT-2 has no logit cap")
     return problems
 
 

@@ -252,8 +252,8 @@ def load_checkpoint_weights(path: str | Path, model: torch.nn.Module) -> None:
     model = unwrap_model(model)
     state = strip_wrapper_prefixes(load_safetensors(Path(path) / "model.safetensors"))
     expected = model.state_dict()
-    if getattr(model.config, "tie_weights", False):
-        state.setdefault("lm_head.weight", state.get("transformer.wte.weight"))
+    if getattr(model.config, "tie_weights", False) and "transformer.wte.weight" in state:
+        state.setdefault("lm_head.weight", state["transformer.wte.weight"])  # else: named as missing below
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     if missing or unexpected:

@@ -50,7 +50,12 @@ class TrainConfig:
     )
     warmup_steps: int = cfg_field(100, "steps of linear warmup from 0 to lr")
     lr_decay_steps: int | None = cfg_field(None, "step at which the decay reaches min_lr; None = max_steps")
-    weight_decay: float = cfg_field(0.1, "AdamW weight decay (on 2-D weights only)")
+    optimizer: Literal["adamw", "muon"] = cfg_field(
+        "adamw", "adamw, or muon: Muon for the matrices inside the blocks, AdamW (at lr) for the rest"
+    )
+    muon_lr: float = cfg_field(0.02, "optimizer muon: peak learning rate of the Muon matrices (scheduled like lr)")
+    muon_momentum: float = cfg_field(0.95, "optimizer muon: Muon's (Nesterov) momentum")
+    weight_decay: float = cfg_field(0.1, "weight decay (on 2-D weights only; Muon's matrices too)")
     beta1: float = cfg_field(0.9, "AdamW beta1")
     beta2: float = cfg_field(0.99, "AdamW beta2")
     grad_clip: float = cfg_field(1.0, "clip the gradient norm to this; 0 = no clipping")
@@ -92,6 +97,11 @@ class TrainConfig:
             problems.append(f"train.min_lr ({self.min_lr}) is larger than train.lr ({self.lr}); lower it")
         if not (0.0 <= self.beta1 < 1.0 and 0.0 <= self.beta2 < 1.0):
             problems.append(f"train.beta1/beta2 must be in [0, 1), got {self.beta1}, {self.beta2}")
+        if self.optimizer not in ("adamw", "muon"):
+            problems.append(f"train.optimizer must be adamw or muon, got {self.optimizer!r}")
+        if self.muon_lr < 0 or not 0.0 <= self.muon_momentum < 1.0:
+            problems.append(f"train.muon_lr must be >= 0 and train.muon_momentum in [0, 1), got "
+                            f"{self.muon_lr}, {self.muon_momentum}")
         if self.weight_decay < 0 or self.grad_clip < 0:
             problems.append("train.weight_decay and train.grad_clip must be >= 0")
         if self.time_budget_s is not None and self.time_budget_s <= 0:

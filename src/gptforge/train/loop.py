@@ -51,8 +51,14 @@ from gptforge.train.metrics import (
     Throughput,
     truncate_metrics,
 )
-from gptforge.train.optim import build_optimizer
-from gptforge.train.rundir import start_new_run, write_run_config
+from gptforge.train.optim import build_optimizer, set_lr
+from gptforge.train.rundir import (
+    check_new_run,
+    discard_replaced,
+    restore_replaced,
+    start_new_run,
+    write_run_config,
+)
 from gptforge.train.schedule import lr_at
 
 logger = logging.getLogger(__name__)
@@ -191,6 +197,7 @@ class Trainer:
         from gptforge.train.diagnostics import diagnostics_hooks
 
         self.run_dir = Path(run_dir)
+        self.replaced: Path | None = None  # the run --overwrite moved aside, until the first checkpoint
         self.hooks = list(hooks)
         self.rank, self.world_size, self.is_main = dist.rank(), dist.world_size(), dist.is_main()
         self.plan = plan_device(cfg.train.device, cfg.train.precision, dist.local_rank())
@@ -211,8 +218,8 @@ class Trainer:
         if resume:
             resume_from = ckpt.find_resume_checkpoint(self.run_dir)
             self._check_resumable(*resume_from)
-        elif self.is_main and self.run_dir.exists() and not overwrite:
-            start_new_run(self.run_dir, overwrite)  # refuses an existing run now, before any work
+        elif self.is_main:  # refuses an existing run (or a folder --overwrite may not replace) before any work
+            check_new_run(self.run_dir, overwrite, protect=(cfg.data.dir,))
 
         seed_everything(cfg.train.seed)  # the same initial weights on every rank
         self.model = GPT(cfg.model).to(self.device)
@@ -227,7 +234,7 @@ class Trainer:
         for split in self.eval_splits:  # fail now, not at the first evaluation
             self._eval_loader(split)
         if not resume and self.is_main:  # only once every check passed: a refused run leaves no dir behind
-            start_new_run(self.run_dir, overwrite)
+            self.replaced = start_new_run(self.run_dir, overwrite, protect=(cfg.data.dir,))
         dist.barrier()
         torch.manual_seed(cfg.train.seed + self.rank)  # dropout differs per rank
 
@@ -388,6 +395,9 @@ class Trainer:
             extra_config=self._extra_config(), keep_last=self.cfg.train.keep_last,
         )
         self.last_ckpt, self.last_ckpt_step = path, self.step
+        if self.replaced is not None:  # the new run has a checkpoint: the old one may go now
+            discard_replaced(self.replaced)
+            self.replaced = None
         return path
 
     def save_final(self) -> Path | None:
@@ -439,8 +449,7 @@ class Trainer:
             with _StopFlag() as stop:
                 while self.step < t.max_steps:
                     lr = lr_at(self.step, t)
-                    for group in self.optimizer.param_groups:
-                        group["lr"] = lr
+                    set_lr(self.optimizer, lr)  # each group at lr x its lr_scale
                     loss, norm = self.train_step()
                     self.step += 1
                     self.tokens += self.tokens_per_step
@@ -549,6 +558,10 @@ def train(
         result = trainer.run()
         dist.barrier()  # the other ranks wait while rank 0 writes final/
         return result
+    except BaseException:
+        if trainer.replaced is not None:  # failed before its first checkpoint: nothing was overwritten
+            restore_replaced(trainer.run_dir, trainer.replaced)
+        raise
     finally:
         if trainer.owns_process_group:
             dist.shutdown()
