@@ -216,9 +216,7 @@ def read_bandwidth() -> dict[str, float]:
     n = (1 << 30) // 4
     a = torch.full((n,), 0.5)
     out = {"sum": (1 << 30) / _median_s(lambda: a.sum())}
-    b = torch.empty_like(a)
-    out["copy"] = (1 << 30) / _median_s(lambda: b.copy_(a))  # bytes read (as many are written)
-    del b
+    out["copy"] = (1 << 30) / _median_s(lambda b=torch.empty_like(a): b.copy_(a))  # bytes read (as many written)
     w = a.view(-1, 4096)
     x = torch.full((4096,), 0.5)
     out["gemv"] = (1 << 30) / _median_s(lambda: torch.mv(w, x))
@@ -241,7 +239,7 @@ def bound_table(args: argparse.Namespace, with_hf: bool) -> None:
 
     bw = read_bandwidth()
     best = max(bw.values())
-    print(f"\n# read bandwidth GB/s: " + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in bw.items())
+    print("\n# read bandwidth GB/s: " + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in bw.items())
           + f" -> bound uses {best / 1e9:.1f}", flush=True)
     if args.model:
         from gptforge.model.loading import load_model
@@ -290,7 +288,7 @@ def bound_table(args: argparse.Namespace, with_hf: bool) -> None:
             ref_out = out
         from gptforge.generate.cpu_decoding import DecodeLinear
 
-        kernels = sorted({f"{tuple(l.weight.shape)}:{l.kernel}" for l in m.modules() if isinstance(l, DecodeLinear)})
+        kernels = sorted({f"{tuple(d.weight.shape)}:{d.kernel}" for d in m.modules() if isinstance(d, DecodeLinear)})
         vs = ", ".join(f"{tps / hf_cache[d][0]:.2f}x {d}" for d in (("fp32", "bf16") if prec in ("int8", "int4")
                                                                    else (hf_dtype,)) if d in hf_cache)
         print(f"| {prec} | gptforge | {nbytes / 1e6:.0f} | {bound:.1f} | {tps:.1f} | {100 * tps / bound:.0f}% "

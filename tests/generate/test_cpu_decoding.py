@@ -13,6 +13,7 @@ import gptforge.generate.cpu_decoding as cpu_decoding
 from gptforge.generate.cpu_decoding import (
     KERNELS,
     MAX_ROWS,
+    ONE_ROW_KERNELS,
     DecodeLinear,
     choose_kernel,
     prepare_for_decoding,
@@ -63,6 +64,8 @@ def test_split_linear_equals_f_linear(parts: int, n_out: int, lead_shape: tuple,
 @pytest.mark.parametrize("m", [1, 3])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_every_kernel_equals_f_linear(kernel: str, parts: int, m: int, dtype: torch.dtype) -> None:
+    if m > 1 and kernel in ONE_ROW_KERNELS:
+        pytest.skip("a one-row kernel")
     g = torch.Generator().manual_seed(parts * 10 + m)
     w = torch.randn(37, 24, generator=g)
     x = torch.randn(m, 24, generator=g)
@@ -201,3 +204,38 @@ def test_step_read_bytes_counts_the_tied_matrix_once() -> None:
     unique = {p.data_ptr(): p for p in model.parameters()}
     assert len(unique) < len(list(model.named_parameters(remove_duplicate=False)))
     assert step_read_bytes(model) == sum(p.numel() * 4 for p in unique.values())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_one_query_attention_equals_sdpa(dtype: torch.dtype) -> None:
+    from gptforge.model.gpt import one_query_attention
+
+    g = torch.Generator().manual_seed(1)
+    q = torch.randn(2, 3, 1, 8, generator=g).to(dtype)
+    cache = torch.randn(2, 2, 3, 20, 8, generator=g).to(dtype)
+    k, v = cache[0, :, :, :13], cache[1, :, :, :13]  # views of a longer cache
+    got = one_query_attention(q, k, v)
+    assert got.dtype == dtype
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(got.float(), F.scaled_dot_product_attention(q.float(), k.float(), v.float()), **tol)
+
+
+@pytest.mark.parametrize("written_out", [False, True])
+def test_decoding_attention_choice_keeps_tokens(written_out: bool, fresh_choices, monkeypatch) -> None:
+    monkeypatch.setattr(cpu_decoding, "choose_attention", lambda *a, **k: written_out)
+    reference = tiny_gpt().train()
+    model = tiny_gpt()
+    idx = torch.tensor([[3, 1, 4, 1, 5]])
+    assert torch.equal(generate(model, idx, 30, temperature=0), generate(reference, idx, 30, temperature=0))
+    assert all(b.attn.decode_math == written_out for b in model.transformer.h)
+    assert not any(b.attn.decode_math for b in reference.transformer.h)
+
+
+def test_bf16_prefill_upcast_matches_f_linear(fresh_choices, monkeypatch) -> None:
+    monkeypatch.setattr(cpu_decoding, "choose_upcast", lambda *a: True)
+    base = torch.nn.Linear(24, 37).to(torch.bfloat16)
+    layer = DecodeLinear.from_linear(copy.deepcopy(base), "mv").eval()
+    layer.upcast = True
+    x = torch.randn(1, 5, 24).to(torch.bfloat16)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x).float(), base(x).float(), rtol=2e-2, atol=2e-2)

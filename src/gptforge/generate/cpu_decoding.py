@@ -106,8 +106,8 @@ def split_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
 
 
 def _mv(x2: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """torch.mv for one row (another BLAS entry point than F.linear's), F.linear for more."""
-    return torch.mv(w, x2[0]).unsqueeze(0) if x2.shape[0] == 1 else F.linear(x2, w)
+    """torch.mv for one row (another BLAS entry point than F.linear's). (1, in) -> (1, out)"""
+    return torch.mv(w, x2[0]).unsqueeze(0)
 
 
 # name -> (weight layout the kernel reads, fn(x2 (M, in), weight (out, in), threads) -> (M, out))
@@ -120,6 +120,7 @@ KERNELS: dict[str, tuple[str, Callable[[torch.Tensor, torch.Tensor, int], torch.
     "split-in-out": ("col", lambda x2, w, p: split_linear(x2, w, None, p)),
 }
 SPLIT_KERNELS = ("split-rows", "split-in-out")
+ONE_ROW_KERNELS = ("mv", "mv-in-out")
 
 
 def _is_col(w: torch.Tensor) -> bool:
@@ -145,6 +146,7 @@ class DecodeLinear(nn.Linear):
     """
 
     kernel: str = "linear"
+    upcast: bool = False  # products of several rows in float32 (bf16 weights on a CPU without bf16)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, kernel: str = "linear") -> DecodeLinear:
@@ -163,23 +165,24 @@ class DecodeLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight
+        if self.training or torch.is_grad_enabled() or x.dtype != w.dtype:
+            return F.linear(x, w, self.bias)
         rows = x.numel() // self.in_features
         layout, fn = KERNELS[self.kernel]
-        if (
-            self.training
-            or torch.is_grad_enabled()
-            or rows > MAX_ROWS
-            or x.dtype != w.dtype
-            or (layout == "col") != _is_col(w)
-        ):
-            return F.linear(x, w, self.bias)
         parts = torch.get_num_threads()
-        if self.kernel in SPLIT_KERNELS and (parts < 2 or self.out_features < parts):
-            return F.linear(x, w, self.bias)
-        y = fn(x.reshape(rows, self.in_features), w, parts)  # (M, out)
-        if self.bias is not None:
-            y = y + self.bias
-        return y.view(*x.shape[:-1], self.out_features)  # (..., out)
+        if (
+            (rows == 1 or (rows <= MAX_ROWS and self.kernel not in ONE_ROW_KERNELS))
+            and (layout == "col") == _is_col(w)
+            and not (self.kernel in SPLIT_KERNELS and (parts < 2 or self.out_features < parts))
+        ):
+            y = fn(x.reshape(rows, self.in_features), w, parts)  # (M, out)
+            if self.bias is not None:
+                y = y + self.bias
+            return y.view(*x.shape[:-1], self.out_features)  # (..., out)
+        if self.upcast:
+            b = None if self.bias is None else self.bias.float()
+            return F.linear(x.float(), w.float(), b).to(x.dtype)  # (..., out)
+        return F.linear(x, w, self.bias)
 
 
 def _candidates(threads: int) -> list[str]:
@@ -231,6 +234,58 @@ def choose_kernel(shape: tuple[int, int], dtype: torch.dtype, count: int) -> str
     return _CHOICES[key]
 
 
+def choose_upcast(shape: tuple[int, int], dtype: torch.dtype, layout: str) -> bool:
+    """Whether a prefill-sized product (``MAX_ROWS`` rows) of a low-precision weight runs
+    faster converted to float32 (a CPU without bf16 arithmetic: ~50x on an AMD EPYC)."""
+    if dtype == torch.float32:
+        return False
+    threads = torch.get_num_threads()
+    key = ("upcast", tuple(shape), dtype, layout, threads)
+    if key not in _CHOICES:
+        w = torch.full(shape, 0.01, dtype=dtype)  # (out, in)
+        if layout == "col":
+            w = w.t().contiguous().t()
+        x2 = torch.full((MAX_ROWS, shape[1]), 0.5, dtype=dtype)
+        fns = {False: lambda: F.linear(x2, w), True: lambda: F.linear(x2.float(), w.float()).to(dtype)}
+        best = {k: math.inf for k in fns}
+        with torch.inference_mode():
+            for r in range(PROBE_ROUNDS):
+                for k, fn in fns.items():
+                    t0 = time.perf_counter()
+                    fn()
+                    best[k] = min(best[k], time.perf_counter() - t0)
+                if r == 0 and best[False] > 20 * best[True]:
+                    break  # no need to time the slow one again
+        _CHOICES[key] = best[True] < best[False]
+    return _CHOICES[key]
+
+
+def choose_attention(n_head: int, head_size: int, dtype: torch.dtype, length: int = 128) -> bool:
+    """Whether one-query attention written out (``one_query_attention``) beats the fused
+    ``scaled_dot_product_attention`` here, timed over a ``length``-key slice of a cache."""
+    from gptforge.model.gpt import one_query_attention
+
+    threads = torch.get_num_threads()
+    key = ("attention", n_head, head_size, dtype, length, threads)
+    if key not in _CHOICES:
+        q = torch.full((1, n_head, 1, head_size), 0.1, dtype=dtype)
+        cache = torch.full((2, 1, n_head, 2 * length, head_size), 0.1, dtype=dtype)
+        k, v = cache[0, :, :, :length], cache[1, :, :, :length]  # views, as the KV cache gives
+        fns = {False: lambda: F.scaled_dot_product_attention(q, k, v), True: lambda: one_query_attention(q, k, v)}
+        best = {k_: math.inf for k_ in fns}
+        with torch.inference_mode():
+            for _ in range(PROBE_ROUNDS + 1):
+                for k_, fn in fns.items():
+                    t0 = time.perf_counter()
+                    for _ in range(20):
+                        fn()
+                    best[k_] = min(best[k_], time.perf_counter() - t0)
+        _CHOICES[key] = best[True] < best[False]
+        logger.debug("one-query attention %s: fused %.0f us, written out %.0f us", (n_head, head_size, dtype),
+                     best[False] / 20 * 1e6, best[True] / 20 * 1e6)
+    return _CHOICES[key]
+
+
 def _plain_cpu_float(w: torch.Tensor) -> bool:
     """A dense CPU float32/bf16 tensor (not a tensor subclass such as torchao's quantized weights)."""
     return type(w.data) is torch.Tensor and w.device.type == "cpu" and w.dtype in (torch.float32, torch.bfloat16)
@@ -264,7 +319,13 @@ def prepare_for_decoding(model: nn.Module) -> nn.Module:
             child = DecodeLinear.from_linear(child, kernel)
             setattr(parent, name, child)
         child.kernel = kernel
+        child.upcast = choose_upcast(tuple(w.shape), w.dtype, KERNELS[kernel][0])
         _set_layout(w, KERNELS[kernel][0])  # a tied LM head shares this tensor with the embedding
+    p = next((p for p in model.parameters() if p.is_floating_point()), None)  # activations' dtype
+    if p is not None and p.device.type == "cpu" and p.dtype in (torch.float32, torch.bfloat16):
+        for m in model.modules():  # GPT's attention layers: written-out or fused one-query attention
+            if hasattr(m, "decode_math") and hasattr(m, "n_head") and hasattr(m, "head_size"):
+                m.decode_math = choose_attention(m.n_head, m.head_size, p.dtype)
     return model
 
 
