@@ -169,3 +169,20 @@ def test_queue_full_is_busy() -> None:
         assert first.done.wait(30)
     finally:
         sched.close()
+
+
+@pytest.mark.parametrize("sampled", [False, True], ids=["greedy", "seeded"])
+def test_prompts_prefilled_together_equal_alone(sampled: bool) -> None:
+    """Prompts arriving together are prefilled in one left-padded forward."""
+    model = _model(seed=5)
+    sched = Scheduler(model, _Tok(), max_batch=8, max_queue=8, prefill_chunk=16)
+    jobs = _jobs(4, 6, sampled, max_tokens=10)
+    cols = [_Collector() for _ in jobs]
+    try:
+        sched.submit([Sequence(prompt, p, c) for (prompt, p), c in zip(jobs, cols)])
+        assert all(c.done.wait(60) for c in cols)
+    finally:
+        sched.close()
+    assert any(len(prompt) <= 16 for prompt, _ in jobs[:2])
+    for i, ((prompt, p), c) in enumerate(zip(jobs, cols)):
+        assert c.tokens == _alone(model, prompt, p), f"job {i}"

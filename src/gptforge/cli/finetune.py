@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from gptforge.config import finite_float
 from gptforge.errors import GptforgeError
 from gptforge.io import OVERWRITE_HELP
 
@@ -19,18 +20,18 @@ def _common(p: argparse.ArgumentParser, epochs: int, batch_size: int, lr: float,
     p.add_argument("--out", required=True, help="the run dir to write (must not exist unless --overwrite)")
     p.add_argument("--epochs", type=int, default=epochs, help=f"passes over the training data (default {epochs})")
     p.add_argument("--batch-size", type=int, default=batch_size, help=f"examples per step (default {batch_size})")
-    p.add_argument("--lr", type=float, default=None,
+    p.add_argument("--lr", type=finite_float, default=None,
                    help=f"peak learning rate, cosine-decayed (default {lr}; {lora_lr} when LoRA trains: the "
                         "adapters start at zero and hold few parameters, so they want a ~10x larger rate)")  # fmt: skip
     p.set_defaults(_default_lr=lr, _default_lora_lr=lora_lr)
-    p.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay on matrices (default 0.1)")
+    p.add_argument("--weight-decay", type=finite_float, default=0.1, help="AdamW weight decay on matrices (default 0.1)")
     p.add_argument("--max-length", type=int, default=None, help="tokens per example at most (default: block_size)")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="share of records held out for validation")
+    p.add_argument("--val-fraction", type=finite_float, default=0.1, help="share of records held out for validation")
     p.add_argument("--sort-by-length", action="store_true", help="batch similar lengths together (less padding)")
     p.add_argument("--seed", type=int, default=123, help="seed for the split, shuffling and the head init")
     p.add_argument("--lora-rank", type=int, default=8, help="LoRA rank r")
-    p.add_argument("--lora-alpha", type=float, default=16.0, help="LoRA alpha (the update is scaled by alpha/r)")
-    p.add_argument("--lora-dropout", type=float, default=0.05, help="dropout on the LoRA input")
+    p.add_argument("--lora-alpha", type=finite_float, default=16.0, help="LoRA alpha (the update is scaled by alpha/r)")
+    p.add_argument("--lora-dropout", type=finite_float, default=0.05, help="dropout on the LoRA input")
     p.add_argument("--lora-targets", default="c_attn,c_proj,c_fc", help="comma-separated layer names to adapt")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default cpu)")
     p.add_argument("--checkpoint-every", type=int, default=100,
@@ -51,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="what trains: the head, the last k blocks + head, all, or LoRA + head")  # fmt: skip
     c.add_argument("--last-k", type=int, default=1, help="blocks trained with --train last-k (default 1)")
     c.add_argument("--balance", action="store_true", help="downsample every class to the smallest one")
-    c.add_argument("--test-fraction", type=float, default=0.2, help="share of records held out for testing")
+    c.add_argument("--test-fraction", type=finite_float, default=0.2, help="share of records held out for testing")
     c.set_defaults(_run=run_classify)
 
     i = sub.add_parser("instruct", help="instruction / chat fine-tuning (loss on responses only)")

@@ -17,6 +17,8 @@ import logging
 import sys
 import time
 
+from gptforge.config import finite_float
+
 logger = logging.getLogger(__name__)
 
 
@@ -24,13 +26,13 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     """Decoding flags shared by ``generate`` and ``chat``."""
     parser.add_argument("--model", required=True, help="model dir, run dir or Hugging Face GPT-2 folder")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="tokens to generate at most")
-    parser.add_argument("--temperature", type=float, default=None, help="softmax temperature; 0 = greedy")
+    parser.add_argument("--temperature", type=finite_float, default=None, help="softmax temperature; 0 = greedy")
     parser.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
-    parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold in (0, 1]")
-    parser.add_argument("--min-p", type=float, default=None, help="drop tokens below min_p x the top probability")
-    parser.add_argument("--repetition-penalty", type=float, default=1.0, help="CTRL repetition penalty; 1 = off")
-    parser.add_argument("--frequency-penalty", type=float, default=0.0, help="OpenAI frequency penalty; 0 = off")
-    parser.add_argument("--presence-penalty", type=float, default=0.0, help="OpenAI presence penalty; 0 = off")
+    parser.add_argument("--top-p", type=finite_float, default=None, help="nucleus sampling threshold in (0, 1]")
+    parser.add_argument("--min-p", type=finite_float, default=None, help="drop tokens below min_p x the top probability")
+    parser.add_argument("--repetition-penalty", type=finite_float, default=1.0, help="CTRL repetition penalty; 1 = off")
+    parser.add_argument("--frequency-penalty", type=finite_float, default=0.0, help="OpenAI frequency penalty; 0 = off")
+    parser.add_argument("--presence-penalty", type=finite_float, default=0.0, help="OpenAI presence penalty; 0 = off")
     parser.add_argument("--stop", nargs="+", default=None, metavar="S", help="stop strings (not printed)")
     parser.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto (default)")

@@ -17,6 +17,7 @@ import argparse
 import json
 import sys
 
+from gptforge.config import finite_float
 from gptforge.io import OVERWRITE_HELP
 
 
@@ -39,14 +40,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="the dataset dir to create")
     parser.add_argument(
         "--val-fraction",
-        type=float,
+        type=finite_float,
         default=0.1,
         metavar="F",
         help="share of the data for validation (default 0.1)",
     )
     parser.add_argument(
         "--test-fraction",
-        type=float,
+        type=finite_float,
         default=0.0,
         metavar="F",
         help="share of the data for test (default 0)",

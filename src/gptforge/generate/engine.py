@@ -33,7 +33,12 @@ import torch
 
 from gptforge.errors import ModelError
 from gptforge.generate.config import GenerationConfig
-from gptforge.generate.sampling import apply_frequency_penalty, apply_repetition_penalty, sample
+from gptforge.generate.sampling import (
+    apply_frequency_penalty,
+    apply_repetition_penalty,
+    sample,
+    seen_tokens,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -136,9 +141,7 @@ def _decode(
     seen = counts = None
     with torch.inference_mode():
         if cfg.repetition_penalty != 1.0:  # tokens present in the sequence (prompt included)
-            seen = torch.zeros(B, V, dtype=torch.bool, device=device)
-            real = attention_mask.bool() if padded else torch.ones_like(idx, dtype=torch.bool)
-            seen.scatter_(1, idx, real)
+            seen = seen_tokens(idx, attention_mask, V)  # (B, V)
         if cfg.frequency_penalty != 0.0 or cfg.presence_penalty != 0.0:  # generated tokens only
             counts = torch.zeros(B, V, dtype=torch.float32, device=device)
         cache = model.make_kv_cache(B, max_seq_len=min(block, T + n_new))

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from gptforge.errors import GptforgeError
-from gptforge.serve.scheduler import Busy, Event, Scheduler, SamplingParams, Sequence, TokenInfo
+from gptforge.serve.scheduler import Busy, Event, SamplingParams, Scheduler, Sequence, TokenInfo
 
 __all__ = ["Backend", "Busy", "Event", "SamplingParams", "Sequence", "TokenInfo", "ChatInjection"]
 

@@ -227,6 +227,18 @@ class Scheduler:
             self._prefilling.remove(s)
             self._finish(s, "cancelled")
         budget = self.prefill_chunk
+        # Short new prompts are prefilled together: one forward reads the weights once for all.
+        fresh = [s for s in self._prefilling if s.prefill_done == 0 and not s.scoring
+                 and len(s.prefill or []) <= self.prefill_chunk]
+        if len(fresh) > 1:
+            group, total = [], 0
+            for s in fresh:
+                total += len(s.prefill or [])
+                if group and total > 4 * self.prefill_chunk:
+                    break
+                group.append(s)
+            self._prefill_group(group)
+            budget = 0
         while self._prefilling and budget > 0:
             budget -= self._prefill_step(self._prefilling[0], budget)
         if self._running:
@@ -268,8 +280,32 @@ class Scheduler:
             self._prefilled(s)
         return hi - lo
 
-    def _prefilled(self, s: Sequence) -> None:
-        """The prompt (or window) is in its private cache: score it, sample, join the batch."""
+    def _prefill_group(self, group: list[Sequence]) -> None:
+        """Prefill several whole prompts in one left-padded forward (positions 0.. on each
+        row's first real token, padding masked out, as the engine batches prompts)."""
+        B, T = len(group), max(len(s.prefill or []) for s in group)
+        idx = torch.zeros(B, T, dtype=torch.long)  # (B, T)
+        mask = torch.zeros(B, T, dtype=torch.long)  # (B, T)
+        for r, s in enumerate(group):
+            ids = s.prefill or []
+            idx[r, T - len(ids):] = torch.tensor(ids)
+            mask[r, T - len(ids):] = 1
+        pos = (mask.cumsum(dim=1) - 1).clamp_(min=0)  # (B, T)
+        cache = self.model.make_kv_cache(B, max_seq_len=T)
+        padded = not bool(mask.all())
+        logits = self.model(idx.to(self.device), kv_cache=cache, last_only=True,
+                            attention_mask=mask.to(self.device) if padded else None,
+                            position_ids=pos.to(self.device))  # (B, 1, V)
+        for r, s in enumerate(group):
+            self._prefilling.remove(s)
+            s.prefill_done = len(s.prefill or [])
+            s.prefill_logits = [logits[r]]
+            s.prefill_cache = None
+            self._prefilled(s, cache, r, T - s.prefill_done)
+
+    def _prefilled(self, s: Sequence, cache: KVCache | None = None, row: int = 0, offset: int = 0) -> None:
+        """The prompt (or window) is prefilled (in its private cache, or row ``row`` of a group's
+        cache from column ``offset``): score it, sample its next token, join the batch."""
         last = s.prefill_logits[-1][-1:].float()  # (1, V)
         if s.scoring:
             self._report_prompt(s, torch.cat(s.prefill_logits, dim=0))
@@ -280,11 +316,12 @@ class Scheduler:
             self._finish(s, "length")
             return
         s.length = len(s.prefill or [])
-        cache = s.prefill_cache
+        cache = cache if cache is not None else s.prefill_cache
         s.prefill, s.prefill_cache = None, None
         if not self._sampled(s, last):
             return
-        self._join(s, cache)
+        assert cache is not None
+        self._join(s, cache, row, offset)
 
     def _report_prompt(self, s: Sequence, logits: torch.Tensor) -> None:
         """Log-probabilities of the prompt's tokens 1.. under the model (token 0: None)."""
@@ -371,8 +408,9 @@ class Scheduler:
         self._starts = [st + by for st in self._starts]
         self._P += by
 
-    def _join(self, s: Sequence, private: KVCache) -> None:
-        """Copy a prefilled one-row cache into the next free row of the shared cache."""
+    def _join(self, s: Sequence, private: KVCache, prow: int = 0, poff: int = 0) -> None:
+        """Copy a prefilled row (``private`` row ``prow``, columns from ``poff``) into the next
+        free row of the shared cache."""
         c = self._shared()
         L = s.length
         if not self._running:
@@ -381,8 +419,8 @@ class Scheduler:
             self._shift(L - self._P)
         row = len(self._running)
         start = self._P - L
-        c.k[:, row, :, start : self._P] = private.k[:, 0, :, :L]
-        c.v[:, row, :, start : self._P] = private.v[:, 0, :, :L]
+        c.k[:, row, :, start : self._P] = private.k[:, prow, :, poff : poff + L]
+        c.v[:, row, :, start : self._P] = private.v[:, prow, :, poff : poff + L]
         self._running.append(s)
         self._starts.append(start)
 

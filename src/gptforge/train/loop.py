@@ -235,6 +235,9 @@ class Trainer:
             self._eval_loader(split)
         if not resume and self.is_main:  # only once every check passed: a refused run leaves no dir behind
             self.replaced = start_new_run(self.run_dir, overwrite, protect=(cfg.data.dir,))
+        if self.is_main:  # once every check passed: a refused run prints its one error line only
+            for warning in cfg.train.schedule_warnings():
+                logger.warning(warning)
         dist.barrier()
         torch.manual_seed(cfg.train.seed + self.rank)  # dropout differs per rank
 
