@@ -260,11 +260,11 @@ def choose_upcast(shape: tuple[int, int], dtype: torch.dtype, layout: str) -> bo
     return _CHOICES[key]
 
 
-def choose_attention(n_head: int, head_size: int, dtype: torch.dtype, length: int = 128) -> bool:
-    """Whether one-query attention written out (``one_query_attention``) beats the fused
-    ``scaled_dot_product_attention`` here, timed over a ``length``-key slice of a cache."""
-    from gptforge.model.gpt import one_query_attention
-
+def choose_attention(
+    n_head: int, head_size: int, dtype: torch.dtype, one_query_attention: Callable, length: int = 128
+) -> bool:
+    """Whether one-query attention written out (the model's ``one_query_attention``) beats the
+    fused ``scaled_dot_product_attention`` here, timed over a ``length``-key slice of a cache."""
     threads = torch.get_num_threads()
     key = ("attention", n_head, head_size, dtype, length, threads)
     if key not in _CHOICES:
@@ -324,8 +324,8 @@ def prepare_for_decoding(model: nn.Module) -> nn.Module:
     p = next((p for p in model.parameters() if p.is_floating_point()), None)  # activations' dtype
     if p is not None and p.device.type == "cpu" and p.dtype in (torch.float32, torch.bfloat16):
         for m in model.modules():  # GPT's attention layers: written-out or fused one-query attention
-            if hasattr(m, "decode_math") and hasattr(m, "n_head") and hasattr(m, "head_size"):
-                m.decode_math = choose_attention(m.n_head, m.head_size, p.dtype)
+            if hasattr(m, "decode_math") and hasattr(m, "one_query"):  # the model is not imported here
+                m.decode_math = choose_attention(m.n_head, m.head_size, p.dtype, m.one_query)
     return model
 
 

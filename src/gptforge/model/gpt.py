@@ -121,6 +121,7 @@ class CausalSelfAttention(nn.Module):
         self.dropout_p = config.dropout
         self.impl = config.attention
         self.decode_math = False  # one-query decoding attention written out (see one_query_attention)
+        self.one_query = one_query_attention  # what decode_math switches to (timed by its setter)
         if config.qk_norm:  # per-head norms over hs: bounded attention logits, steadier training
             self.q_norm = make_norm(config, self.head_size)
             self.k_norm = make_norm(config, self.head_size)
@@ -149,7 +150,7 @@ class CausalSelfAttention(nn.Module):
         else:
             p = self.dropout_p if self.training else 0.0
             if mask is None and T == 1 and self.decode_math and not self.training:
-                y = one_query_attention(q, k, v)  # (B, nh, 1, hs)
+                y = self.one_query(q, k, v)  # (B, nh, 1, hs)
             elif mask is None and T == 1:  # one new query (decoding) sees every cached key
                 y = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
             elif mask is None and k.shape[2] == T:  # no cache: plain causal, flash kernels
