@@ -26,6 +26,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 from gptforge.errors import ModelError
 from gptforge.model.config import GPTConfig
@@ -206,6 +207,9 @@ class GPT(nn.Module):
             self.lm_head.weight = self.transformer.wte.weight  # one matrix, used twice
         # see _sparse_embedding_grad; FSDP sharding switches it off
         self.sparse_embedding_grad = True
+        # per-block activation checkpointing while training (train.activation_checkpointing):
+        # less memory, one more forward per block in backward
+        self.activation_checkpointing = False
         self.tokenizer = None  # set by load_model
         self.init_weights()
 
@@ -360,8 +364,12 @@ class GPT(nn.Module):
             mask = build_attention_mask(T, S, attention_mask, idx.device)  # (B, 1, T, S)
         elif S != T and T > 1:  # new queries after cached positions: causal offset by `start`
             mask = build_attention_mask(T, S, None, idx.device)  # (1, 1, T, S)
+        recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled() and kv_cache is None
         for i, block in enumerate(self.transformer.h):
-            x = block(x, mask, kv_cache, i, rope)  # (B, T, C)
+            if recompute:  # keep only the block's input; its activations are recomputed in backward
+                x = torch.utils.checkpoint.checkpoint(block, x, mask, None, i, rope, use_reentrant=False)  # (B, T, C)
+            else:
+                x = block(x, mask, kv_cache, i, rope)  # (B, T, C)
         if kv_cache is not None:
             kv_cache.advance(T)
         return self.transformer.ln_f(x)  # (B, T, C)
