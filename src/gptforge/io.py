@@ -70,6 +70,27 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def fsync_tree(folder: Path) -> None:
+    """fsync every file under ``folder``, then each folder (deepest first).
+
+    Files written with plain ``open``/``torch.save``/``ndarray.tofile`` into an
+    :func:`atomic_dir` (dataset shards, optimizer state) reach the disk only when the kernel
+    decides; after a power cut the renamed folder could hold empty or short files that look
+    complete. Called before the rename, so a visible folder's contents are on disk.
+    """
+    dirs = []
+    for root, _, files in os.walk(folder):
+        dirs.append(Path(root))
+        for name in files:
+            fd = os.open(Path(root) / name, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    for d in reversed(dirs):
+        _fsync_dir(d)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the new one, never half."""
     path = Path(path)
@@ -230,6 +251,7 @@ def atomic_dir(final: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{_temp_tag()}-", dir=final.parent))
     try:
         yield tmp
+        fsync_tree(tmp)  # the rename must not become visible before the data it names
         if final.exists():
             trash = final.with_name(f".{final.name}.old-{_temp_tag()}-")
             os.replace(final, trash)

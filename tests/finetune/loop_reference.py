@@ -80,9 +80,10 @@ def summarize(run_dir: Path) -> dict:
 
 
 def _capture(out_file: Path) -> None:  # pragma: no cover - ran once, with the old loop
+    from gptforge.finetune.loop import LoopConfig  # the old loop: this ran before it was deleted
+
     from gptforge.finetune.classify import ClassifyOptions, run_classification
     from gptforge.finetune.instruct import InstructOptions, run_instruct
-    from gptforge.finetune.loop import LoopConfig
 
     torch.set_num_threads(1)
     ref = {"torch": torch.__version__}

@@ -33,10 +33,10 @@ import torch.nn.functional as F
 
 from gptforge.data.collate import pad_collate
 from gptforge.errors import ConfigError, ModelError
-from gptforge.finetune.loop import LoopConfig, finetune
-from gptforge.finetune.lora import apply_lora, count_trainable, merge_lora
+from gptforge.finetune.recipe import LoopConfig
 from gptforge.model.config import GPTConfig
 from gptforge.model.gpt import GPT
+from gptforge.model.lora import apply_lora, count_trainable, merge_lora
 from gptforge.model.variants import add_variant, variant_kinds
 
 logger = logging.getLogger(__name__)
@@ -240,6 +240,8 @@ class ClassifyOptions:
     lora_targets: tuple[str, ...] = ("c_attn", "c_proj", "c_fc")
     device: str = "cpu"
     overwrite: bool = False
+    resume: bool = False  # --resume OUT: continue the stopped run (an error if there is none)
+    overrides: dict[str, Any] | None = None  # --section.key VALUE flags onto the engine's config
 
 
 def run_classification(opts: ClassifyOptions, loop: LoopConfig) -> dict[str, Any]:
@@ -250,9 +252,12 @@ def run_classification(opts: ClassifyOptions, loop: LoopConfig) -> dict[str, Any
     unless ``overwrite``).
     """
     from gptforge.finetune.data import balance_classes, read_labelled, split_records
+    from gptforge.finetune.recipe import copy_metrics, run_config, run_task, stopped_result
     from gptforge.finetune.resume import discard_progress, open_progress
     from gptforge.io import atomic_dir, check_replaceable, write_json
     from gptforge.model.loading import load_model, save_model
+    from gptforge.train.distributed import is_main
+    from gptforge.train.tasks import ExamplesTask
 
     out = Path(opts.out)
     if out.exists() and not opts.overwrite:
@@ -289,10 +294,21 @@ def run_classification(opts: ClassifyOptions, loop: LoopConfig) -> dict[str, Any
     logger.info("classes %s; train %d, val %d, test %d; training %s: %d of %d parameters",
                 labels, len(train_ex), len(val_ex), len(test_ex), opts.train, trainable, total)  # fmt: skip
     task = ClassifyTask(pad_id)
-    progress, fingerprint = open_progress("classify", opts, loop)  # a stopped run's checkpoint, if any
+    work, fingerprint = open_progress("classify", opts, loop, opts.overrides)  # a stopped run's, if any
+    engine_task = ExamplesTask(
+        name="classify", prepared_model=model, tokenizer=tokenizer, train_examples=train_ex, val_examples=val_ex,
+        collate=task.collate, length=task.length, loss_and_count=task.loss, batch_size=loop.batch_size,
+        seed=loop.seed, sort_by_length=loop.sort_by_length, fingerprint=fingerprint,
+    )  # fmt: skip
+    cfg = run_config(loop, model.config, len(train_ex), opts.device, opts.overrides)
+    result = run_task(engine_task, cfg, work, explicit_resume=opts.resume)
+    if result.exit_code:
+        return stopped_result("classify", result, work)
+    if not is_main():
+        return {"task": "classify"}
+    model.eval()
     with atomic_dir(out, overwrite=opts.overwrite) as tmp:
-        history = finetune(model, task, train_ex, val_ex, loop, metrics_path=tmp / "metrics.jsonl",
-                           progress_dir=progress, fingerprint=fingerprint)
+        history = copy_metrics(work, tmp)
         if "quantization" not in variant_kinds(model):  # adapters on a quantized base stay apart
             merge_lora(model)
         reports = {}
@@ -314,7 +330,14 @@ def run_classification(opts: ClassifyOptions, loop: LoopConfig) -> dict[str, Any
             "model": str(opts.model),
             "data": str(opts.data),
         }
-        save_model(model, tmp / "final", tokenizer=tokenizer)
+        save_model(model, tmp / "final", tokenizer=tokenizer, extra_config=_training_entry(result))
         write_json(tmp / "results.json", results)
-    discard_progress(progress)  # complete: nothing left to resume
+    discard_progress(work)  # complete: nothing left to resume
     return results
+
+
+def _training_entry(result: Any) -> dict[str, Any]:
+    """final/config.json's ``training`` key: which val loss belongs to these weights."""
+    val = result.last_eval.get("val") if result.last_eval else None
+    return {"training": {"step": result.step, "tokens": result.tokens, "val_loss": val,
+                         "best_val_loss": result.best_val_loss}}  # fmt: skip

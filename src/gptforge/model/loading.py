@@ -30,7 +30,12 @@ from gptforge.io import (
 )
 from gptforge.model.config import GPTConfig
 from gptforge.model.gpt import GPT
-from gptforge.model.variants import LEGACY_ORDER, apply_variants, finish_variants, variants_from_config
+from gptforge.model.variants import (
+    LEGACY_ORDER,
+    apply_variants,
+    finish_variants,
+    variants_from_config,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -38,16 +43,44 @@ MODEL_KIND = "gptforge-model"
 
 
 def model_state_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The state dict to write: unwrapped keys, and a tied LM head written once.
+    """The state dict to write: unwrapped keys, and a tied tensor written once (under its first name).
 
     safetensors refuses tensors that share memory; the tie is restored at load
-    from ``config.tie_weights``.
+    (:func:`fill_tied`, :func:`retie`): the LM head shares the token embedding
+    (``config.tie_weights``), also when LoRA wraps both (``lm_head.base.weight``).
     """
     model = unwrap_model(model)
     state = model.state_dict()
-    if getattr(getattr(model, "config", None), "tie_weights", False):
-        state.pop("lm_head.weight", None)
+    drop = {name for group in tied_groups(model) for name in group[1:]}
+    return {k: v for k, v in state.items() if k not in drop}
+
+
+def tied_groups(model: torch.nn.Module) -> list[list[str]]:
+    """Names of the state-dict entries that are one tensor (parameter or buffer), first name first."""
+    by_id: dict[int, list[str]] = {}
+    for name, t in model.state_dict(keep_vars=True).items():
+        by_id.setdefault(id(t), []).append(name)
+    return [names for names in by_id.values() if len(names) > 1]
+
+
+def fill_tied(state: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Add the names a tied tensor was not written under (taken from the name it was)."""
+    for group in tied_groups(model):
+        present = next((n for n in group if n in state), None)
+        if present is not None:
+            for name in group:
+                state.setdefault(name, state[present])
     return state
+
+
+def retie(model: torch.nn.Module, groups: list[list[str]]) -> None:
+    """Make every name of each group point at the first one's parameter again (after ``assign=True``)."""
+    for group in groups:
+        first_mod, _, first_attr = group[0].rpartition(".")
+        shared = getattr(model.get_submodule(first_mod) if first_mod else model, first_attr)
+        for name in group[1:]:
+            mod, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(mod) if mod else model, attr, shared)
 
 
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
@@ -218,18 +251,14 @@ def build_model(gpt_config: GPTConfig, variants: list[dict[str, Any]], model_dir
 def load_weights(model: torch.nn.Module, model_dir: Path) -> torch.nn.Module:
     """Fill a (meta-device) ``model`` from ``model_dir/model.safetensors`` and restore the weight tie.
 
-    The tied LM head is stored once (as ``transformer.wte.weight``), so it is aliased back here
-    (when both ends are still plain float modules: a quantized tied head reads the embedding's
-    integers by itself).
+    A tied tensor is stored once (the LM head as ``transformer.wte.weight``), so its other
+    names are filled from that one and aliased back to it after the load.
     """
     state = strip_wrapper_prefixes(load_safetensors(model_dir / "model.safetensors"))
-    expected = model.state_dict(keep_vars=True)
-    tied = bool(model.config.tie_weights)
-    if tied and "lm_head.weight" in expected and "lm_head.weight" not in state and "transformer.wte.weight" in state:
-        state["lm_head.weight"] = state["transformer.wte.weight"]
+    groups = tied_groups(model)
+    fill_tied(state, model)
     load_state_strict(model, state, model_dir / "model.safetensors")
-    if tied and type(model.lm_head) is torch.nn.Linear and type(model.transformer.wte) is torch.nn.Embedding:
-        model.lm_head.weight = model.transformer.wte.weight
+    retie(model, groups)
     return model
 
 

@@ -17,8 +17,8 @@ quantized tensors, say). The operations that make a variant (``GPTClassifier.fro
 ``merge_lora`` removes the LoRA one, so the list always describes the modules in memory
 and ``save_model`` writes it as it is.
 
-Why import strings: the modules that implement a kind (fine-tuning, quantization) import
-the model, so the model package must not import them (that was two import cycles, and a
+Why import strings: the modules that implement a kind (the classifier of fine-tuning,
+quantization) import the model, so the model package must not import them (that was two import cycles, and a
 behaviour that depended on which module happened to be imported first). They are named
 here and imported only when a model dir that uses them is loaded; nothing registers
 itself at import time. A combination that cannot be built is refused by the command that
@@ -46,7 +46,7 @@ logger = logging.getLogger(__name__)
 # kind -> the module implementing apply_variant(model, entry, source) [and finish_variant(model, entry)]
 IMPLEMENTATIONS: dict[str, str] = {
     "classifier": "gptforge.finetune.classify",
-    "lora": "gptforge.finetune.lora",
+    "lora": "gptforge.model.lora",
     "quantization": "gptforge.quantize.convert",
 }
 # the order the commands of format 1 applied them in (classify -> finetune --merge=no -> quantize)

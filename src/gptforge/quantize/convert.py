@@ -30,7 +30,6 @@ import torch
 import torch.nn as nn
 
 from gptforge.errors import ConfigError, ModelError
-from gptforge.model.config import GPTConfig
 from gptforge.model.gpt import GPT
 from gptforge.model.loading import save_model, unwrap_model
 from gptforge.model.variants import add_variant

@@ -68,6 +68,10 @@ class TrainConfig:
         "auto", "auto = bf16 on GPUs that have it, fp16 (+grad scaler) on older GPUs, fp32 on CPU/MPS"
     )
     compile: bool = cfg_field(False, "torch.compile the model (turned off with a warning where unsupported)")
+    activation_checkpointing: bool = cfg_field(
+        False, "recompute each block's activations in backward instead of keeping them (less memory, ~1/3 more compute)"
+    )
+    tf32: bool = cfg_field(True, "CUDA: TF32 matmuls for fp32 work unless train.precision is fp32 (strict fp32 then)")
     device: str = cfg_field("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
     on_nan: Literal["stop", "skip"] = cfg_field(
         "stop", "on a NaN/inf loss: stop (keeping the last good checkpoint) or skip that step"
