@@ -8,13 +8,13 @@ import copy
 from pathlib import Path
 
 import torch
+from tests.train.test_train_resume import _cfg, _eval_losses, _train_losses
 
 from gptforge.model.config import GPTConfig
 from gptforge.model.gpt import GPT
 from gptforge.train.config import TrainConfig
 from gptforge.train.muon import Muon, newton_schulz
 from gptforge.train.optim import MuonWithAdamW, build_optimizer, muon_param_groups, set_lr
-from tests.train.test_train_resume import _cfg, _eval_losses, _train_losses
 
 MODERN = dict(positions="rope", normalization="rmsnorm", qk_norm=True, activation="relu2", tie_weights=False)
 

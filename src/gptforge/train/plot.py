@@ -74,14 +74,32 @@ def _timed_evals(records: list[dict]) -> list[tuple[float, float, float]]:
     return out
 
 
-def plot_overlay(run_dirs: list[str | Path], out: str | Path, x: str = "time") -> Path:
-    """Val loss of several runs on one plot, each labelled by its run dir's name.
+def overlay_series(run_dirs: list[str | Path], x: str = "time") -> dict[str, list[tuple[float, float]]]:
+    """The (x, val loss) points of each run, keyed by its run dir's name (the legend label).
 
     Args:
         run_dirs: run dirs with a ``metrics.jsonl`` (a peer's log converted to one works too).
-        out: the image to write.
         x: ``time`` (seconds of training, from the ``time_s`` of the training lines),
             ``tokens`` or ``step``.
+
+    Raises:
+        CheckpointError: a run has no metrics.
+    """
+    series = {}
+    for run in map(Path, run_dirs):
+        path = run / METRICS_FILE
+        if not path.is_file():
+            raise CheckpointError(f"{run} has no {METRICS_FILE}; is it a run dir made by `gptforge train`?")
+        records = read_metrics(path)
+        if x == "step":
+            series[run.name] = [(r["step"], r["val_loss"]) for r in records if r.get("val_loss") is not None]
+        else:
+            series[run.name] = [(t if x == "time" else n, v) for t, n, v in _timed_evals(records)]
+    return series
+
+
+def plot_overlay(run_dirs: list[str | Path], out: str | Path, x: str = "time") -> Path:
+    """Val loss of several runs on one plot (see :func:`overlay_series`); returns the image path.
 
     Raises:
         GptforgeError: matplotlib is missing, a run has no metrics, or no run has val losses.
@@ -93,22 +111,12 @@ def plot_overlay(run_dirs: list[str | Path], out: str | Path, x: str = "time") -
         import matplotlib.pyplot as plt
     except ImportError:
         raise GptforgeError("plotting needs matplotlib; install it with: pip install 'gptforge[plot]'") from None
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
-    drawn = 0
-    for run in map(Path, run_dirs):
-        path = run / METRICS_FILE
-        if not path.is_file():
-            raise CheckpointError(f"{run} has no {METRICS_FILE}; is it a run dir made by `gptforge train`?")
-        records = read_metrics(path)
-        if x == "step":
-            pts = [(r["step"], r["val_loss"]) for r in records if r.get("val_loss") is not None]
-        else:
-            pts = [(t if x == "time" else n, v) for t, n, v in _timed_evals(records)]
-        if pts:
-            ax.plot(*zip(*pts), marker="o", markersize=3, label=run.name)
-            drawn += 1
-    if not drawn:
+    series = {name: pts for name, pts in overlay_series(run_dirs, x).items() if pts}
+    if not series:
         raise CheckpointError("none of the runs has val losses yet; train with an eval first")
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
+    for name, pts in series.items():
+        ax.plot(*zip(*pts), marker="o", markersize=3, label=name)
     ax.set_xlabel({"time": "training time (s)", "tokens": "tokens", "step": "step"}[x])
     ax.set_ylabel("val loss (nats/token)")
     ax.grid(alpha=0.3)
