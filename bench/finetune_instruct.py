@@ -44,7 +44,7 @@ def run_variant(args: argparse.Namespace) -> dict:
     import torch
 
     from gptforge.finetune.instruct import InstructOptions, run_instruct
-    from gptforge.finetune.loop import LoopConfig
+    from gptforge.finetune.recipe import LoopConfig
     from gptforge.model.loading import load_model
 
     load_model(args.base_dir, device=args.device)  # warm the allocator / page cache like the run will

@@ -127,7 +127,7 @@ def main() -> None:
     import torch
 
     from gptforge.finetune.classify import ClassifyOptions, run_classification
-    from gptforge.finetune.loop import LoopConfig
+    from gptforge.finetune.recipe import LoopConfig
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -1,30 +1,40 @@
-"""Benchmark: the HTTP server under 1, 4 and 16 concurrent clients on loopback.
+"""Benchmark: continuous batching in `gptforge serve` against one-at-a-time serving.
 
-Starts `gptforge serve`'s app in-process (uvicorn on 127.0.0.1, a free port),
-then for each concurrency level sends a fixed number of completion requests
-from that many client threads and prints a table: completion tokens/s, p50 and
-p95 latency, and failed requests (there must be none inside the limits).
+Starts the real server (`python -m gptforge serve`, a subprocess on 127.0.0.1) twice on
+the same model: with batching (`--max-batch 64`) and without (`--max-batch 1`, what the
+server did before continuous batching). For 1, 4, 16 and 64 concurrent streaming clients
+each client sends requests back to back for a fixed window (the same prompts and seeds in
+both runs; the end-of-text token is biased away so every request makes exactly --max-tokens
+tokens) and the table shows, side by side: total generated tokens/s over the window, p50
+time to first token (a request still waiting when the window closes counts as infinite),
+and requests lost (an error, a 429 or a stream that did not end in [DONE]).
 
-    python bench/serve.py                       # a small random gpt2-tokenizer model
-    python bench/serve.py --model runs/demo     # a trained model
+    python bench/serve.py                          # a gpt2-124M-shaped random fp32 model, CPU, 2 threads
+    python bench/serve.py --model runs/demo --levels 1 4 16
+
+The model is random (speed does not depend on the weights), saved once to a temp folder.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
 import sys
 import tempfile
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.serve_load import Server  # noqa: E402
 
 
-def _tiny_model(out: Path, n_layer: int, n_embd: int) -> Path:
+def gpt2_shaped(out: Path, block_size: int) -> Path:
     import torch
 
     from gptforge import GPT, GPTConfig, load_tokenizer
@@ -32,94 +42,130 @@ def _tiny_model(out: Path, n_layer: int, n_embd: int) -> Path:
 
     tok = load_tokenizer("gpt2")
     torch.manual_seed(0)
-    cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=256, n_layer=n_layer, n_head=4, n_embd=n_embd)
-    save_model(GPT(cfg), out, tok)
+    save_model(GPT(GPTConfig.from_preset("gpt2", block_size=block_size)), out, tok)
     return out
 
 
-def _percentile(values: list[float], q: float) -> float:
-    values = sorted(values)
-    k = max(0, min(len(values) - 1, round(q * (len(values) - 1))))
-    return values[k]
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
-def run_level(url: str, clients: int, requests: int, max_tokens: int, stream: bool) -> dict:
-    latencies: list[float] = []
-    tokens = 0
-    failures = 0
-    lock = threading.Lock()
-
-    def one(i: int) -> None:
-        nonlocal tokens, failures
-        body = {"prompt": f"Request {i}: the king said", "max_tokens": max_tokens, "temperature": 0.8,
-                "seed": i, "stream": stream}
-        t0 = time.perf_counter()
-        try:
-            with httpx.Client(timeout=300) as client:
-                if stream:
-                    n = 0
-                    with client.stream("POST", url + "/v1/completions", json=body) as r:
-                        r.raise_for_status()
-                        for line in r.iter_lines():
-                            if line.startswith("data: {"):
-                                n += 1
-                    got = max(n - 1, 0)  # the last event carries the finish reason only
-                else:
-                    r = client.post(url + "/v1/completions", json=body)
-                    r.raise_for_status()
-                    got = r.json()["usage"]["completion_tokens"]
-        except Exception:  # noqa: BLE001 - counted and reported
-            with lock:
-                failures += 1
-            return
-        with lock:
-            latencies.append(time.perf_counter() - t0)
-            tokens += got
-
+async def _one(client: httpx.AsyncClient, i: int, max_tokens: int, eot: int | None, stats: dict) -> None:
+    """One streamed completion. ``logprobs: 0`` makes every token its own event, so tokens are
+    counted as they arrive (a request cut off by the end of the window still counts its part)."""
+    body = {"prompt": f"Request {i}: the king said that", "max_tokens": max_tokens, "temperature": 0.8,
+            "seed": i, "stream": True, "logprobs": 0}
+    if eot is not None:
+        body["logit_bias"] = {str(eot): -100}  # every request makes exactly max_tokens tokens
     t0 = time.perf_counter()
-    with ThreadPoolExecutor(clients) as pool:
-        list(pool.map(one, range(requests)))
-    wall = time.perf_counter() - t0
-    return {
-        "clients": clients,
-        "requests": requests,
-        "failed": failures,
-        "tokens_per_s": tokens / wall,
-        "p50_s": _percentile(latencies, 0.5) if latencies else float("nan"),
-        "p95_s": _percentile(latencies, 0.95) if latencies else float("nan"),
-        "wall_s": wall,
-    }
+    first = True
+    stats["started"] += 1
+    try:
+        async with client.stream("POST", "/v1/completions", json=body) as r:
+            if r.status_code != 200:
+                stats["lost"] += 1
+                return
+            last = ""
+            async for line in r.aiter_lines():
+                if not line.startswith("data: "):
+                    continue
+                last = line[6:]
+                if last == "[DONE]":
+                    break
+                chunk = json.loads(last)
+                lp = chunk["choices"][0]["logprobs"] if chunk["choices"] else None
+                if lp and lp["tokens"]:
+                    stats["tokens"] += len(lp["tokens"])
+                    if first:
+                        stats["ttft"].append(time.perf_counter() - t0)
+                        first = False
+            if last != "[DONE]":
+                stats["lost"] += 1
+            else:
+                stats["done"] += 1
+    except httpx.HTTPError:
+        stats["lost"] += 1
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=None, help="model dir (default: a small random model)")
-    parser.add_argument("--requests", type=int, default=32, help="requests per concurrency level")
-    parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--levels", default="1,4,16")
-    parser.add_argument("--max-concurrent", type=int, default=2, help="server's concurrent generations")
-    parser.add_argument("--stream", action="store_true", help="streaming requests")
-    parser.add_argument("--n-layer", type=int, default=4)
-    parser.add_argument("--n-embd", type=int, default=256)
-    args = parser.parse_args()
+async def run_level(url: str, clients: int, seconds: float, max_tokens: int, eot: int | None) -> dict:
+    """``clients`` streaming clients, each sending requests back to back for ``seconds``."""
+    stats: dict = {"tokens": 0, "ttft": [], "lost": 0, "done": 0, "started": 0}
+    async with httpx.AsyncClient(base_url=url, timeout=1800,
+                                 limits=httpx.Limits(max_connections=clients + 4)) as client:
+        async def worker(c: int) -> None:
+            j = 0
+            while True:
+                await _one(client, c * 1000 + j, max_tokens, eot, stats)
+                j += 1
 
-    from tests.serve.server_utils import start_server
+        tasks = [asyncio.ensure_future(worker(c)) for c in range(clients)]
+        await asyncio.sleep(seconds)
+        tokens, ttft = stats["tokens"], list(stats["ttft"])
+        for t in tasks:  # requests still running when the window closes are cut off, not lost
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    waiting = stats["started"] - len(ttft) - stats["lost"]  # never got a first token in the window
+    ttft += [float("inf")] * max(0, waiting)
+    return {"clients": clients, "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
+            "ttft_p50": statistics.median(ttft) if ttft else float("nan"), "lost": stats["lost"],
+            "completed": stats["done"]}
 
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", type=Path, default=None, help="a model dir (default: a random gpt2-shaped model)")
+    ap.add_argument("--levels", type=int, nargs="+", default=[1, 4, 16, 64])
+    ap.add_argument("--max-tokens", type=int, default=32, help="tokens per request")
+    ap.add_argument("--seconds", type=float, default=40.0, help="measuring window per level")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads of the server")
+    ap.add_argument("--batch", type=int, default=64, help="--max-batch of the batched run")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    env_threads = str(args.threads)
+    os.environ["OMP_NUM_THREADS"] = env_threads  # the server subprocess inherits it
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = Path(args.model) if args.model else _tiny_model(Path(tmp) / "m", args.n_layer, args.n_embd)
-        levels = [int(x) for x in args.levels.split(",")]
-        with start_server(model_dir, max_concurrent=args.max_concurrent, max_queue=max(levels)) as server:
-            run_level(server.url, 1, 2, 4, args.stream)  # warm-up
-            rows = [run_level(server.url, c, args.requests, args.max_tokens, args.stream) for c in levels]
-    print(f"\nserver: max_concurrent={args.max_concurrent}, {args.requests} requests per level, "
-          f"max_tokens={args.max_tokens}, stream={args.stream}")
-    print(f"{'clients':>8} {'requests':>9} {'failed':>7} {'tok/s':>9} {'p50 s':>8} {'p95 s':>8} {'wall s':>8}")
-    for r in rows:
-        print(f"{r['clients']:>8} {r['requests']:>9} {r['failed']:>7} {r['tokens_per_s']:>9.1f} "
-              f"{r['p50_s']:>8.3f} {r['p95_s']:>8.3f} {r['wall_s']:>8.1f}")
-    if any(r["failed"] for r in rows):
-        raise SystemExit("some requests failed")
+        model = args.model or gpt2_shaped(Path(tmp) / "gpt2-shape", block_size=1024)
+        from gptforge.model.loading import load_model
+
+        eot = load_model(model).tokenizer.eot_id
+        rows: dict[int, dict] = {}
+        for batch in (args.batch, 1):
+            flags = ["--max-batch", str(batch), "--max-queue", str(max(args.levels) * 2),
+                     "--max-prompt-tokens", "64", "--max-tokens-limit", str(args.max_tokens)]
+            with Server(model, *flags) as server:
+                asyncio.run(run_level(server.url, 1, 5.0, 4, eot))  # warm-up
+                for clients in args.levels:
+                    r = asyncio.run(run_level(server.url, clients, args.seconds, args.max_tokens, eot))
+                    rows.setdefault(clients, {})[batch] = r
+                    print(f"  batch {batch:>3}  clients {clients:>3}: {r['tokens_per_s']:7.1f} tok/s  "
+                          f"ttft p50 {r['ttft_p50']:.2f} s  completed {r['completed']}  lost {r['lost']}", file=sys.stderr, flush=True)
+    load = os.getloadavg()
+    print(f"\nCPU: {cpu_model()}, server torch threads {args.threads}, load average {load[0]:.2f} "
+          f"(other jobs may share the machine)")
+    print(f"model: {'gpt2-124M shape, random fp32' if args.model is None else args.model}, "
+          f"{args.max_tokens} tokens per request, streaming clients\n")
+    b = args.batch
+    print(f"| clients | tok/s batched (--max-batch {b}) | tok/s one at a time (--max-batch 1) | speed-up "
+          f"| TTFT p50 batched | TTFT p50 one at a time | lost (batched / one) |")
+    print("|---|---|---|---|---|---|---|")
+    for clients in args.levels:
+        r1, r0 = rows[clients][b], rows[clients][1]
+        print(f"| {clients} | {r1['tokens_per_s']:.1f} | {r0['tokens_per_s']:.1f} | "
+              f"{r1['tokens_per_s'] / r0['tokens_per_s']:.2f}x | {r1['ttft_p50']:.2f} s | {r0['ttft_p50']:.2f} s | "
+              f"{r1['lost']} / {r0['lost']} |")
+    single = rows[args.levels[0]][b]["tokens_per_s"]
+    if 16 in rows:
+        print(f"\n16 clients batched / 1 client: {rows[16][b]['tokens_per_s'] / single:.2f}x (target >= 8x)")
+    if args.json:
+        print(json.dumps({str(c): {str(k): v for k, v in r.items()} for c, r in rows.items()}))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -4,7 +4,7 @@ Starts the real server (`python -m gptforge serve`, a subprocess on 127.0.0.1, a
 on a model, then runs CLIENTS threads for SECONDS. Each client loops over a seeded mix of
 requests: a plain completion, a streamed chat read to the end, a stream dropped after its
 first event (a client that goes away), and a malformed body (must be a 400). Inside the
-limits (clients <= --max-concurrent + --max-queue) no request may fail. The server's RSS is
+limits (clients <= --max-batch + --max-queue) no request may fail. The server's RSS is
 sampled every second from /proc; after the load the server must report nothing in flight.
 
     python bench/serve_load.py                          # 4 clients, 180 s, a tiny random model
@@ -187,7 +187,7 @@ def main() -> int:
     ap.add_argument("--model", default=None, help="model dir (default: a tiny random model)")
     ap.add_argument("--seconds", type=float, default=180.0)
     ap.add_argument("--clients", type=int, default=4)
-    ap.add_argument("--max-concurrent", type=int, default=1)
+    ap.add_argument("--max-batch", type=int, default=1)
     ap.add_argument("--max-queue", type=int, default=16)
     ap.add_argument("--device", default="cpu", help="cpu or cuda (passed to gptforge serve)")
     ap.add_argument("--seed", type=int, default=0)
@@ -195,7 +195,7 @@ def main() -> int:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         model = Path(args.model) if args.model else tiny_model(Path(d) / "tiny")
-        flags = ["--max-concurrent", str(args.max_concurrent), "--max-queue", str(args.max_queue)]
+        flags = ["--max-batch", str(args.max_batch), "--max-queue", str(args.max_queue)]
         with Server(model, *flags, device=args.device) as server:
             stats = run_load(server.url, server.proc.pid, args.seconds, args.clients, args.seed)
     if args.json:

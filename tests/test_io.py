@@ -62,3 +62,54 @@ def test_leftovers_of_a_killed_writer_are_swept(tmp_path: Path) -> None:
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == sorted(["run", live.name, foreign.name])
     assert sweep_leftovers(tmp_path) == []
+
+
+def test_json_line_writes_strict_json_and_keeps_what_was_not_finite() -> None:
+    import json
+    import math
+
+    from gptforge.io import json_line
+
+    def strict(name: str) -> None:
+        raise ValueError(name)
+
+    line = json_line({"step": 3, "loss": math.nan, "lr": 0.1, "layers": {"h.0": math.inf, "h.1": [1.0, -math.inf]}})
+    got = json.loads(line, parse_constant=strict)
+    assert got == {"step": 3, "loss": None, "lr": 0.1, "layers": {"h.0": None, "h.1": [1.0, None]},
+                   "not_finite": {"loss": "nan", "layers.h.0": "inf", "layers.h.1.1": "-inf"}}
+    assert json.loads(json_line({"step": 1, "loss": 2.5})) == {"step": 1, "loss": 2.5}
+
+
+def test_atomic_dir_fsyncs_files_and_folders_before_the_rename(tmp_path, monkeypatch) -> None:
+    """Shards and optimizer state are written with plain open()/torch.save into the temporary
+    folder; each file and the folder itself are fsynced before the rename (and the parent after),
+    so a power cut cannot leave a visible folder of empty files."""
+    import os
+
+    import torch
+
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src, dst) -> None:
+        events.append(("replace", str(src)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    out = tmp_path / "ckpt"
+    with atomic_dir(out) as tmp:
+        torch.save({"a": torch.ones(3)}, tmp / "optimizer.pt")
+        (tmp / "sub").mkdir()
+        (tmp / "sub" / "train_000.bin").write_bytes(b"\x01\x02")
+        tmp_name = str(tmp.resolve())
+    rename = events.index(("replace", tmp_name))
+    synced = {p for kind, p in events[:rename] if kind == "fsync"}
+    for rel in ("optimizer.pt", "sub/train_000.bin", "sub", ""):
+        assert str(Path(tmp_name) / rel).rstrip("/") in synced, rel
+    assert ("fsync", str(tmp_path.resolve())) in events[rename:]  # the parent, after the rename
+    assert (out / "sub" / "train_000.bin").read_bytes() == b"\x01\x02"

@@ -23,8 +23,10 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
+import math
 import types
 from collections.abc import Mapping
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
@@ -128,14 +130,17 @@ def coerce(value: Any, tp: Any, name: str) -> Any:
     if tp is float:
         if isinstance(value, bool):
             raise ValueError(f"{name}: {value!r} is not a number")
+        number = None
         if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value.strip())
-            except ValueError:
-                pass
-        raise ValueError(f"{name}: {value!r} is not a number")
+            number = float(value)
+        elif isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                number = float(value.strip())
+        if number is None:
+            raise ValueError(f"{name}: {value!r} is not a number")
+        if not math.isfinite(number):  # a NaN clip once silently turned clipping off
+            raise ValueError(f"{name}: {value!r} is not a finite number")
+        return number
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
@@ -145,6 +150,33 @@ def coerce(value: Any, tp: Any, name: str) -> Any:
     if dataclasses.is_dataclass(tp):
         raise ValueError(f"{name} is a section; set its keys as {name}.KEY")
     return value
+
+
+def finite_float(text: str) -> float:
+    """argparse ``type=`` for float flags: a number that is not NaN or infinite.
+
+    ``float("nan")`` parses, and NaN compares False with every bound, so range checks
+    written as ``x < 0`` let it through.
+    """
+    import argparse
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def nonfinite_fields(obj: Any, section: str) -> list[str]:
+    """``section.field = value`` problems for every float field of the dataclass ``obj`` that
+    is NaN or infinite (for ``__post_init__``: Python callers skip :func:`apply`'s coercion)."""
+    return [
+        f"{section}.{f.name} must be a finite number, got {getattr(obj, f.name)!r}"
+        for f in dataclasses.fields(obj)
+        if isinstance(getattr(obj, f.name), float) and not math.isfinite(getattr(obj, f.name))
+    ]
 
 
 def _hints(cls: type) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -69,6 +70,27 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def fsync_tree(folder: Path) -> None:
+    """fsync every file under ``folder``, then each folder (deepest first).
+
+    Files written with plain ``open``/``torch.save``/``ndarray.tofile`` into an
+    :func:`atomic_dir` (dataset shards, optimizer state) reach the disk only when the kernel
+    decides; after a power cut the renamed folder could hold empty or short files that look
+    complete. Called before the rename, so a visible folder's contents are on disk.
+    """
+    dirs = []
+    for root, _, files in os.walk(folder):
+        dirs.append(Path(root))
+        for name in files:
+            fd = os.open(Path(root) / name, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    for d in reversed(dirs):
+        _fsync_dir(d)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the new one, never half."""
     path = Path(path)
@@ -90,6 +112,34 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Atomically write ``obj`` as indented UTF-8 JSON."""
     atomic_write_bytes(path, (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode())
+
+
+def json_line(record: dict[str, Any]) -> str:
+    """``record`` as one line of strict JSON, for ``metrics.jsonl``-style logs.
+
+    ``json.dumps`` writes NaN and infinities as bare ``NaN``/``Infinity``, which is not JSON
+    (jq, pandas and most readers reject the whole file). Such a value is written as ``null``
+    and the fact kept in ``"not_finite"``: ``{"loss": "nan", "layers.3.grad": "inf"}``
+    (dotted paths into nested objects).
+
+    Example: ``{"step": 2, "loss": nan}`` -> ``{"step": 2, "loss": null, "not_finite": {"loss": "nan"}}``
+    """
+    bad: dict[str, str] = {}
+
+    def clean(value: Any, path: str) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            bad[path] = "nan" if value != value else ("inf" if value > 0 else "-inf")
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v, f"{path}.{i}") for i, v in enumerate(value)]
+        return value
+
+    out = clean(record, "")
+    if bad:
+        out["not_finite"] = bad
+    return json.dumps(out, allow_nan=False)
 
 
 def read_json(path: str | os.PathLike, what: str = "file") -> Any:
@@ -201,6 +251,7 @@ def atomic_dir(final: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{_temp_tag()}-", dir=final.parent))
     try:
         yield tmp
+        fsync_tree(tmp)  # the rename must not become visible before the data it names
         if final.exists():
             trash = final.with_name(f".{final.name}.old-{_temp_tag()}-")
             os.replace(final, trash)
@@ -212,6 +263,114 @@ def atomic_dir(final: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+# --overwrite: one rule and one help text for every command that writes an output.
+OVERWRITE_HELP = (
+    "replace --out if it exists, but only an empty folder or a gptforge output (a run, dataset, "
+    "model, tokenizer or export); anything else is refused. The old output is removed only once "
+    "the new one is written (train: at its first checkpoint)"
+)
+_MODEL_KIND, _DATASET_KIND = "gptforge-model", "gptforge-dataset"  # model/loading.py, data/shards.py
+
+
+def _json_object(path: Path) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            obj = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return obj if isinstance(obj, dict) else {}
+
+
+def gptforge_output_kind(path: str | os.PathLike) -> str | None:
+    """What gptforge output ``path`` is, or None when it is not recognisably one.
+
+    A folder is recognised by the file that each command writes with a signature in it: a
+    run's ``config.yaml`` (``model`` and ``train`` sections), a dataset's ``meta.json`` and a
+    model dir's ``config.json`` (their ``kind``), a fine-tuning run's ``results.json`` next to
+    ``final/``, a tokenizer dir's ``tokenizer.json`` (``kind`` and ``format_version``), an
+    export's Hugging Face GPT-2 ``config.json`` next to ``model.safetensors``. Our own
+    temporary leftovers (``.NAME.tmp-...``) do not count as content.
+    """
+    path = Path(path)
+    if path.is_file():  # tokenizer train --out DIR replaces DIR/tokenizer.json only
+        obj = _json_object(path) if path.suffix == ".json" else {}
+        return "gptforge tokenizer file" if {"kind", "format_version"} <= obj.keys() else None
+    if not path.is_dir():
+        return None
+    names = {e.name for e in path.iterdir()} - {e.name for e in _our_temporaries(path)}
+    if not names:
+        return "empty folder"
+    if "config.yaml" in names:
+        with contextlib.suppress(GptforgeError):
+            cfg = read_yaml(path / "config.yaml")
+            if isinstance(cfg, dict) and {"model", "train"} <= cfg.keys():
+                return "gptforge run dir"
+    if "meta.json" in names and _json_object(path / "meta.json").get("kind") == _DATASET_KIND:
+        return "gptforge dataset"
+    config = _json_object(path / "config.json") if "config.json" in names else {}
+    if config.get("kind") == _MODEL_KIND:
+        return "gptforge model dir"
+    if "results.json" in names and "final" in names and "task" in _json_object(path / "results.json"):
+        return "gptforge fine-tuning run"
+    if "tokenizer.json" in names and {"kind", "format_version"} <= _json_object(path / "tokenizer.json").keys():
+        return "gptforge tokenizer dir"
+    if config.get("model_type") == "gpt2" and "model.safetensors" in names:
+        return "Hugging Face GPT-2 folder"
+    return None
+
+
+def _our_temporaries(folder: Path) -> list[Path]:
+    pattern = re.compile(r"^\..+\.(?:tmp|old)-")
+    return [e for e in folder.iterdir() if pattern.match(e.name)]
+
+
+def check_replaceable(path: str | os.PathLike, protect: tuple[str | os.PathLike, ...] = ()) -> str | None:
+    """``--overwrite``'s rule, the same for every command: may ``path`` be replaced?
+
+    Returns None when ``path`` does not exist, else what it is (:func:`gptforge_output_kind`).
+    Refused: anything not recognisably a gptforge output (``--out ~/thesis --overwrite``
+    must never delete a thesis), the current folder or a folder above it, the home folder,
+    and a folder holding one of ``protect`` (e.g. the dataset a run reads).
+
+    Raises:
+        GptforgeError: one line naming the folder and what is in it.
+    """
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return None
+    real = path.resolve()
+    hint = "remove it yourself, or choose another --out"
+    cwd, home = Path.cwd().resolve(), Path.home().resolve()
+    if real == cwd or real in cwd.parents or real == home or real == Path(real.anchor):
+        which = "the current folder" if real == cwd else "the home folder" if real == home else "above the current folder"
+        raise GptforgeError(f"refusing to --overwrite {path}: it is {which}; choose another --out")
+    for p in protect:
+        p = Path(p).resolve()
+        if p == real or real in p.parents:
+            raise GptforgeError(f"refusing to --overwrite {path}: it holds {p}, which this command reads; {hint}")
+    kind = gptforge_output_kind(path)
+    if kind is None:
+        if path.is_dir():
+            names = sorted(e.name + ("/" if e.is_dir() else "") for e in path.iterdir())
+            shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+            what = f"it is not a gptforge output (it holds {shown})"
+        else:
+            what = "it is a file that gptforge did not write"
+        raise GptforgeError(f"refusing to --overwrite {path}: {what}; {hint}")
+    return kind
+
+
+def move_aside(path: Path) -> Path:
+    """Rename ``path`` to a hidden sibling (``.NAME.replaced-PID-XXXX``) and return it: the old
+    output stays until the new one is complete (:func:`check_replaceable` decided it may go).
+    The name is not one :func:`sweep_leftovers` removes, so an interrupted run loses nothing."""
+    aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.replaced-{os.getpid()}-", dir=path.parent))
+    aside.rmdir()
+    os.replace(path, aside)
+    _fsync_dir(path.parent)
+    return aside
 
 
 def save_safetensors(tensors: dict, path: str | os.PathLike, metadata: dict | None = None) -> None:

@@ -73,7 +73,7 @@ def test_only_adapters_train_and_counts() -> None:
 
 
 def test_bad_lora_arguments() -> None:
-    with pytest.raises(ConfigError, match="no nn.Linear named"):
+    with pytest.raises(ConfigError, match="no linear layer named"):
         apply_lora(_tiny(), targets=["q_proj"])
     with pytest.raises(ConfigError, match="rank must be > 0"):
         LoRALinear(nn.Linear(2, 2), rank=0, alpha=1.0)

@@ -16,9 +16,10 @@ import torch
 from gptforge.errors import ConfigError
 from gptforge.finetune.classify import ClassifyOptions, run_classification
 from gptforge.finetune.instruct import InstructOptions, run_instruct
-from gptforge.finetune.loop import LoopConfig
-from gptforge.finetune.resume import STATE_FILE, WEIGHTS_FILE, resume_dir_for
+from gptforge.finetune.recipe import LoopConfig
+from gptforge.finetune.resume import resume_dir_for
 from gptforge.io import load_safetensors
+from gptforge.train.checkpoint import STATE_FILE, list_checkpoints, read_latest
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +79,7 @@ def stop_after_step(monkeypatch):
 
 def _metrics(run: Path) -> list[dict]:
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in line.items() if k != "tokens_per_s"} for line in lines]  # timing differs
+    return [{k: v for k, v in line.items() if k not in ("tokens_per_s", "time_s")} for line in lines]  # timing
 
 
 def _assert_same_run(a: Path, b: Path) -> None:
@@ -104,7 +105,8 @@ def test_instruct_lora_resumed_equals_uninterrupted(char_model, tmp_path, stop_a
     with pytest.raises(Stop):
         run_instruct(stopped, LOOP)
     assert not out.exists()  # nothing half-done looks like a result
-    saved = json.loads((resume_dir_for(out) / STATE_FILE).read_text())
+    work = resume_dir_for(out)
+    saved = json.loads((work / "checkpoints" / read_latest(work) / STATE_FILE).read_text())
     assert saved["step"] == {5: 3, 9: 6, 10: 9}[stop_at]  # every 3 steps; the epoch end (9) after its eval
     with caplog.at_level("INFO", logger="gptforge"):
         run_instruct(stopped, LOOP)
@@ -150,29 +152,31 @@ def test_damaged_checkpoint_starts_over_with_a_warning(char_model, tmp_path, sto
     stop_after_step(8)
     with pytest.raises(Stop):
         run_instruct(stopped, LOOP)
-    weights = resume_dir_for(tmp_path / "stopped") / WEIGHTS_FILE
+    work = resume_dir_for(tmp_path / "stopped")
+    weights = work / "checkpoints" / read_latest(work) / "model.safetensors"
     raw = bytearray(weights.read_bytes())
     raw[-1] ^= 0xFF
     weights.write_bytes(bytes(raw))
     with caplog.at_level("WARNING", logger="gptforge"):
         run_instruct(stopped, LOOP)
-    assert f"{weights} is corrupt; starting over" in caplog.text
+    assert "model.safetensors is corrupt" in caplog.text and "starting over" in caplog.text
     _assert_same_run(tmp_path / "ref", tmp_path / "stopped")  # from scratch, the same result
 
 
-@pytest.mark.parametrize("bad", ["[1, 2]", '{"kind": "gptforge-finetune-progress", "step": 3}'])
+@pytest.mark.parametrize("bad", ["[1, 2]", '{"kind": "gptforge-checkpoint", "step": 3}'])
 def test_malformed_state_starts_over_with_a_warning(char_model, tmp_path, stop_after_step, caplog, bad) -> None:
     data = _instructions(tmp_path / "data.json")
     opts = InstructOptions(model=str(char_model), data=str(data), out=str(tmp_path / "run"), eval_samples=0)
     stop_after_step(4)
     with pytest.raises(Stop):
         run_instruct(opts, LOOP)
-    state = resume_dir_for(tmp_path / "run") / STATE_FILE
+    work = resume_dir_for(tmp_path / "run")
+    state = work / "checkpoints" / read_latest(work) / STATE_FILE
     state.write_text(bad)
     with caplog.at_level("WARNING", logger="gptforge"):
         run_instruct(opts, LOOP)
-    assert f"ignoring {state}: not a complete fine-tuning checkpoint state" in caplog.text
-    assert (tmp_path / "run" / "results.json").is_file() and not state.parent.exists()
+    assert f"ignoring the fine-tuning checkpoints in {work}" in caplog.text and "starting over" in caplog.text
+    assert (tmp_path / "run" / "results.json").is_file() and not work.exists()
 
 
 def test_checkpoint_every_zero_writes_none(char_model, tmp_path, stop_after_step) -> None:
@@ -181,7 +185,7 @@ def test_checkpoint_every_zero_writes_none(char_model, tmp_path, stop_after_step
     stop_after_step(9)
     with pytest.raises(Stop):
         run_instruct(opts, replace(LOOP, checkpoint_every=0))
-    assert not resume_dir_for(tmp_path / "run").exists()
+    assert not list_checkpoints(resume_dir_for(tmp_path / "run"))  # (only one at the end of a run)
     with pytest.raises(ConfigError, match="--checkpoint-every"):
         replace(LOOP, checkpoint_every=-1)
 
@@ -193,4 +197,4 @@ def test_ctrl_c_says_where_the_progress_is(char_model, tmp_path, stop_after_step
     with caplog.at_level("WARNING", logger="gptforge"), pytest.raises(KeyboardInterrupt):
         run_instruct(opts, LOOP)
     progress = resume_dir_for(tmp_path / "run")
-    assert f"stopped at step 4 of 18; the checkpoint of step 3 is in {progress}" in caplog.text  # 4 done
+    assert f"the checkpoint of step_0000003 is in {progress}" in caplog.text  # 4 steps done, 3 saved

@@ -170,3 +170,20 @@ def test_engine_penalties_equal_the_definition(rep: float, freq: float, pres: fl
 def test_validation_names_the_option(kw: dict, word: str) -> None:
     with pytest.raises(ConfigError, match=word):
         validate_sampling(**kw)
+
+
+def test_seen_tokens_keeps_a_real_token_equal_to_the_pad_id() -> None:
+    """The pad id also occurs in the prompt: its padding column must not erase it (the old
+    ``scatter_`` of the mask wrote True and False into one cell; the last write won)."""
+    from gptforge.generate.sampling import seen_tokens
+
+    idx = torch.tensor([[0, 3, 0, 0], [5, 2, 1, 1], [4, 4, 4, 4]])
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 0, 0], [1, 1, 1, 1]])
+    got = seen_tokens(idx, mask, 6)
+    want = torch.zeros(3, 6, dtype=torch.bool)
+    for b in range(3):  # the reference: a loop over the real positions
+        for t in range(4):
+            if mask[b, t]:
+                want[b, idx[b, t]] = True
+    assert torch.equal(got, want) and got[0, 0] and not got[1, 1]
+    assert torch.equal(seen_tokens(idx, None, 6)[1], torch.tensor([False, True, True, False, False, True]))

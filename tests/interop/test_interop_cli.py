@@ -128,8 +128,14 @@ def test_existing_output_is_not_overwritten(make_hf_folder, tmp_path, capsys) ->
     assert (out / "keep.txt").read_text() == "mine"
     code, err = _run(capsys, "export", "--model", str(folder), "--out", str(out))
     assert code == 2 and "--overwrite" in _one_error_line(err)
-    code, _ = _run(capsys, "import", "--from", str(folder), "--out", str(out), "--overwrite")
-    assert code == 0 and (out / "model.safetensors").is_file() and not (out / "keep.txt").exists()
+    code, err = _run(capsys, "import", "--from", str(folder), "--out", str(out), "--overwrite")
+    assert code == 2 and "keep.txt" in _one_error_line(err)  # not a gptforge output: never replaced
+    assert (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").unlink()
+    code, _ = _run(capsys, "import", "--from", str(folder), "--out", str(out), "--overwrite")  # empty: replaced
+    assert code == 0 and (out / "model.safetensors").is_file()
+    code, _ = _run(capsys, "import", "--from", str(folder), "--out", str(out), "--overwrite")  # a model dir
+    assert code == 0 and (out / "model.safetensors").is_file()
 
 
 def test_export_post_ln_through_cli(tmp_path, capsys, gpt2_tokenizer_files) -> None:

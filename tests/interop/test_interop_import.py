@@ -120,8 +120,10 @@ def test_config_map_all_sizes(size: str, layers: int, heads: int, embd: int) -> 
         assert getattr(ours, field) == getattr(preset, field), field
 
 
-def test_tokenizer_from_fast_tokenizer_json_only(make_hf_folder, tmp_path) -> None:
+def test_tokenizer_from_fast_tokenizer_json_only(make_hf_folder, tmp_path, monkeypatch) -> None:
     """A folder with only a fast ``tokenizer.json`` (no vocab.json/merges.txt) still gives GPT-2's ids."""
+    import tempfile
+
     from gptforge import load_tokenizer
     from gptforge.model.hf_gpt2 import tokenizer_from_hf_folder
 
@@ -132,6 +134,10 @@ def test_tokenizer_from_fast_tokenizer_json_only(make_hf_folder, tmp_path) -> No
     for name in ("vocab.json", "merges.txt"):
         (only / name).unlink(missing_ok=True)
     assert (only / "tokenizer.json").is_file()
+    shared_tmp = tmp_path / "shared_tmp"  # stands for /tmp: nothing may be written there
+    shared_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(shared_tmp))
     tok = tokenizer_from_hf_folder(only, 50257)
     text = "Hello world!  It's 2026: naïve café, 日本語 🎉\n\n  code()"
     assert tok.encode(text) == load_tokenizer("gpt2").encode(text) == fast(text)["input_ids"]
+    assert list(shared_tmp.iterdir()) == []  # built in memory (a predictable /tmp folder once)

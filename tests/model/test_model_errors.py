@@ -165,3 +165,18 @@ def test_cli_model_info_bad_input(capsys, args: list[str], needle: str) -> None:
     captured = capsys.readouterr()
     result = subprocess.CompletedProcess(args, code, captured.out, captured.err)
     assert needle in _one_line_error(result)
+
+
+def test_model_file_without_the_token_embedding_names_the_key(tmp_path) -> None:
+    """A tied model's file lacking ``transformer.wte.weight`` (the LM head is stored as it) once
+    gave an AttributeError on None; the error names the missing key."""
+    from gptforge.io import load_safetensors, save_safetensors
+    from gptforge.model.loading import load_model, save_model
+
+    torch.manual_seed(0)
+    save_model(GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8)), tmp_path / "m")
+    state = load_safetensors(tmp_path / "m" / "model.safetensors")
+    del state["transformer.wte.weight"]
+    save_safetensors(state, tmp_path / "m" / "model.safetensors")
+    with pytest.raises(ModelError, match=r"missing keys \[.*'transformer.wte.weight'"):
+        load_model(tmp_path / "m")

@@ -93,7 +93,7 @@ def test_quantize_report_json(model_and_data, tmp_path: Path, capsys) -> None:
     assert rep["eval_tokens"] == 4 * 32
     assert 0 <= q["kl"] < 1e-3 and abs(q["val_loss"] - o["val_loss"]) / o["val_loss"] < 0.005
     config = json.loads((out / "config.json").read_text())
-    assert config["quantization"]["bits"] == 8
+    assert config["variants"][-1]["kind"] == "quantization" and config["variants"][-1]["bits"] == 8
     assert (out / "tokenizer.json").is_file()
     loaded = load_model(out)
     assert isinstance(loaded.transformer.h[0].mlp.c_fc, QuantLinear)

@@ -130,9 +130,11 @@ def test_module_swap_equals_float_model_with_dequantized_weights(
 def test_quantize_and_cpu_decoding_layout_commute(trained, method: str, monkeypatch) -> None:
     """Quantizing a model prepared for decoding (column-major weights) stores the same
     integers as quantizing the original; preparing a quantized model keeps its tokens."""
-    from gptforge.generate.cpu_decoding import ThreadSplitLinear, prepare_for_decoding
+    from gptforge.generate.cpu_decoding import DecodeLinear, prepare_for_decoding
 
-    monkeypatch.setattr("gptforge.generate.cpu_decoding.SPLIT_MIN_WEIGHTS", 0)  # split even tiny layers
+    monkeypatch.setattr("gptforge.generate.cpu_decoding.MIN_WEIGHTS", 0)  # kernels for even tiny layers
+    # the slowest-to-commute choice: weights re-stored (in, out) and split across threads
+    monkeypatch.setattr("gptforge.generate.cpu_decoding.choose_kernel", lambda *a: "split-in-out")
 
     model, windows = trained
     plain = quantize(copy.deepcopy(model), method, group_size=32)
@@ -142,7 +144,7 @@ def test_quantize_and_cpu_decoding_layout_commute(trained, method: str, monkeypa
     prompt = windows[:1, :8]
     expected = plain.generate(prompt, 12, temperature=0.0)
     prepare_for_decoding(plain)
-    assert type(plain.lm_head) is ThreadSplitLinear  # the float head is the one layer left to split
+    assert type(plain.lm_head) is DecodeLinear  # the float head is the one layer left to prepare
     assert torch.equal(plain.generate(prompt, 12, temperature=0.0), expected)
     assert torch.equal(from_prepared.generate(prompt, 12, temperature=0.0), expected)
 
@@ -179,7 +181,7 @@ def test_save_load_gives_identical_logits(trained, tmp_path: Path, method: str, 
     save_quantized(q, tmp_path / "q")
     loaded = load_model(tmp_path / "q")  # through LOAD_HOOKS, as generate/chat/eval do
     assert loaded.quantization == q.quantization
-    assert loaded.extra_config["quantization"]["method"] == method
+    assert [v["kind"] for v in loaded.variants] == ["quantization"] and loaded.variants[0]["method"] == method
     assert {n for n, m in loaded.named_modules() if isinstance(m, QuantLinear)} == {
         n for n, m in q.named_modules() if isinstance(m, QuantLinear)
     }
@@ -221,3 +223,33 @@ def test_bad_requests_raise_clear_errors(trained) -> None:
     assert all(
         isinstance(m, nn.Linear) for n, m in f.named_modules() if n.endswith(("c_fc", "c_attn"))
     )
+
+
+@pytest.mark.parametrize("method,kw", [("int8", {"include_embeddings": True}),
+                                       ("int4", {"group_size": 32, "include_embeddings": True})])
+def test_load_in_bf16_keeps_the_quantized_tensors_and_computes_in_bf16(
+    trained, tmp_path: Path, method: str, kw: dict
+) -> None:
+    """``load_model(dtype=bf16)`` once cast the float32 scales (and crashed with quantized
+    embeddings); the stored tensors keep their dtype and values, every module returns bf16,
+    and the logits stay close to the float32 load's (the reference)."""
+    model, windows = trained
+    save_quantized(quantize(copy.deepcopy(model), method, **kw), tmp_path / "q")
+    ref = load_model(tmp_path / "q")
+    bf = load_model(tmp_path / "q", dtype=torch.bfloat16)
+    sd_ref, sd_bf = ref.state_dict(), bf.state_dict()
+    for name, m in bf.named_modules():
+        if isinstance(m, (QuantLinear, QuantEmbedding)) and not m._tied_to:
+            for t in ("qweight", "scales", "zeros"):
+                if f"{name}.{t}" in sd_ref:
+                    assert torch.equal(sd_bf[f"{name}.{t}"], sd_ref[f"{name}.{t}"]), f"{name}.{t}"  # dtype too
+    outputs = {}
+    hooks = [m.register_forward_hook(lambda mod, i, o, n=n: outputs.__setitem__(n, o.dtype))
+             for n, m in bf.named_modules() if isinstance(m, (QuantLinear, QuantEmbedding))]
+    x = windows[:2, :-1]
+    logits = bf(x)
+    for h in hooks:
+        h.remove()
+    assert outputs and set(outputs.values()) == {torch.bfloat16}, outputs
+    assert logits.dtype == torch.bfloat16 and bf.transformer.wte.weight.dtype == torch.bfloat16
+    torch.testing.assert_close(logits.float(), ref(x), atol=0.15, rtol=0.05)

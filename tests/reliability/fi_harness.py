@@ -75,10 +75,10 @@ def install() -> None:
     point = spec[0]
     if point in ("step", "eval", "ckpt_files", "ckpt_state", "latest", "prune", "final"):
         from gptforge.model import loading
-        from gptforge.train import checkpoint, loop
+        from gptforge.train import checkpoint, evaluate, loop
 
         loop.optimizer_step = _after(loop.optimizer_step, "step")
-        original_eval = loop.estimate_loss
+        original_eval = evaluate.estimate_loss
 
         def estimate_loss(
             model: Any, make: Any, splits: list[str], *args: Any, **kwargs: Any
@@ -87,7 +87,7 @@ def install() -> None:
             hit("eval")
             return {**first, **original_eval(model, make, splits[1:], *args, **kwargs)}
 
-        loop.estimate_loss = estimate_loss
+        evaluate.estimate_loss = estimate_loss  # the pretraining task imports it at each evaluation
         checkpoint.save_model = _after(checkpoint.save_model, "ckpt_files")
         checkpoint.write_json = _after(checkpoint.write_json, "ckpt_state")
         checkpoint.atomic_write_bytes = _before(checkpoint.atomic_write_bytes, "latest")
@@ -108,9 +108,10 @@ def install() -> None:
 
         torch.optim.AdamW.step = _after(torch.optim.AdamW.step, "ft_step")
     elif point == "ft_ckpt":
-        from gptforge.finetune import resume
+        from gptforge.train import checkpoint
 
-        resume.save_safetensors = _after(resume.save_safetensors, "ft_ckpt")
+        # inside a checkpoint's writing: its model files are in the temporary folder, its state is not
+        checkpoint.save_model = _after(checkpoint.save_model, "ft_ckpt")
 
 
 if __name__ == "__main__":

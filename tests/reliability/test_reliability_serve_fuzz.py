@@ -115,9 +115,21 @@ def _post_operations() -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
     from gptforge.model.config import GPTConfig  # noqa: F401  (cheap import check)
     from gptforge.serve.app import create_app
 
+    from gptforge.serve.metrics import Metrics
+
+    class _NoScheduler:
+        stats, running, queued = Metrics(), 0, 0
+
     class _NoBackend:  # the schema does not depend on the model
         name = "x"
         block_size = 64
+        vocab_size = 256
+
+        def start(self, **_: Any) -> _NoScheduler:
+            return _NoScheduler()
+
+        def close(self) -> None:
+            pass
 
     app = create_app(_NoBackend())  # type: ignore[arg-type]
     spec = app.openapi()
@@ -214,6 +226,10 @@ def test_malformed_bodies_never_cause_a_500(
                 assert isinstance(err["message"], str) and err["message"]
             elif r.headers.get("content-type", "").startswith("text/event-stream"):
                 assert r.text.rstrip().endswith("data: [DONE]"), r.text[-200:]
+            elif path == "/tokenize":
+                assert isinstance(r.json()["tokens"], list), r.text[:300]
+            elif path == "/detokenize":
+                assert isinstance(r.json()["prompt"], str), r.text[:300]
             else:
                 assert r.json()["choices"], r.text[:300]
         health = client.get("/health")

@@ -3,7 +3,8 @@
 Drives a real `gptforge serve` subprocess with the driver in ``bench/serve_load.py`` (the
 bench runs the same thing for minutes): inside the limits no request fails, every dropped
 stream gives its slot back, the server stays up, and its RSS stays flat after warm-up.
-Fast tier: 4 clients for 20 s; ``pytest -m slow``: 8 clients for 3 minutes.
+Fast tier: 4 clients for 20 s; ``pytest -m slow``: 8 clients for 3 minutes one at a time, and
+16 clients for 60 s batched together (``--max-batch 16``: rows join and leave every step).
 """
 
 from __future__ import annotations
@@ -29,16 +30,17 @@ def _driver() -> ModuleType:
 
 
 @pytest.mark.parametrize(
-    ("seconds", "clients"),
-    [(20, 4), pytest.param(180, 8, marks=pytest.mark.slow)],
-    ids=["20s", "3min"],
+    ("seconds", "clients", "batch"),
+    [(20, 4, 1), pytest.param(180, 8, 1, marks=pytest.mark.slow),
+     pytest.param(60, 16, 16, marks=pytest.mark.slow)],
+    ids=["20s", "3min", "16clients-batched"],
 )
 def test_load_loses_nothing_and_memory_stays_flat(
-    seconds: int, clients: int, tmp_path: Path
+    seconds: int, clients: int, batch: int, tmp_path: Path
 ) -> None:
     load = _driver()
     model = load.tiny_model(tmp_path / "tiny")
-    with load.Server(model, "--max-concurrent", "1", "--max-queue", "16") as server:
+    with load.Server(model, "--max-batch", str(batch), "--max-queue", "16") as server:
         stats = load.run_load(server.url, server.proc.pid, seconds, clients)
         assert server.proc.poll() is None, "the server died under load"
     print(f"\nreliability: serve load {stats}")

@@ -166,3 +166,44 @@ def test_ddp_resume_restores_every_ranks_stream(char_data: Path, tmp_path: Path)
     wb = load_safetensors(split / "final" / "model.safetensors")
     for k in wa:
         assert torch.equal(wa[k], wb[k]), k
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_nodes_of_one_process_equal_single_process(single_run: Path, char_data: Path, tmp_path: Path) -> None:
+    """Multi-node as a user runs it: two torchrun launchers ("nodes" 0 and 1, one process each)
+    meeting at one c10d rendezvous on 127.0.0.1, gloo. Same global batch as the reference."""
+    run = tmp_path / "run"
+    port = _free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    args = ["train", "--data", str(char_data), "--out", str(run), "--json",
+            *flags({**SHAPE, "train.batch_size": str(B), "train.grad_accum": str(GRAD_ACCUM),
+                    "train.max_steps": str(STEPS)})]  # fmt: skip
+    nodes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={r}", "--nproc_per_node=1",
+             "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=gptforge-test",
+             "-m", "gptforge", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        )  # fmt: skip
+        for r in (0, 1)
+    ]
+    outs = [p.communicate(timeout=600) for p in nodes]
+    for p, (_, err) in zip(nodes, outs):
+        assert p.returncode == 0, err[-3000:]
+    assert sum(1 for out, _ in outs for line in out.splitlines() if line.startswith("{")) == 1  # global rank 0
+    a, b = train_losses(single_run), train_losses(run)
+    assert sorted(a) == sorted(b) == list(range(1, STEPS + 1))
+    for step in a:
+        assert b[step] == pytest.approx(a[step], rel=2e-6, abs=0), step
+    wa = load_safetensors(single_run / "final" / "model.safetensors")
+    wb = load_safetensors(run / "final" / "model.safetensors")
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], rtol=1e-5, atol=1e-5, msg=k)

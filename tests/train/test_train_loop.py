@@ -95,8 +95,13 @@ def test_nan_loss_skip_leaves_weights_unchanged(char_data: Path, tmp_path: Path)
     wb = load_safetensors(one.final_dir / "model.safetensors")
     for k in wa:
         assert torch.equal(wa[k], wb[k]), k
-    losses = [json.loads(x).get("loss") for x in (skipped.run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert losses[1] != losses[1]  # NaN logged for the skipped step
+    def strict(name: str) -> None:
+        raise ValueError(f"metrics.jsonl holds {name}, which is not JSON")
+
+    lines = (skipped.run_dir / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(x, parse_constant=strict) for x in lines]  # jq/pandas reject NaN/Infinity
+    assert records[1]["step"] == 2 and records[1]["loss"] is None  # the skipped step: null, and why
+    assert records[1]["not_finite"] == {"loss": "nan"} and "not_finite" not in records[0]
 
 
 def test_existing_run_dir_needs_resume_or_overwrite(char_data: Path, tmp_path: Path) -> None:

@@ -75,3 +75,58 @@ def test_optimizer_settings() -> None:
     assert isinstance(opt, torch.optim.AdamW)
     assert opt.param_groups[0]["betas"] == (0.8, 0.95) and opt.param_groups[0]["weight_decay"] == 0.05
     assert not opt.param_groups[0].get("fused")  # fused is opt-in off CUDA
+
+
+def test_fused_true_on_a_device_without_the_kernel_falls_back(monkeypatch, caplog) -> None:
+    """``--train.fused true`` on a torch whose AdamW has the argument but no kernel for the
+    device: once a RuntimeError from torch, now a warning and the foreach kernel."""
+    real = torch.optim.AdamW.__init__
+
+    def no_cpu_fused(self, params, *args, fused=None, **kwargs):  # a torch built without it
+        params = list(params)
+        if fused and any(p.device.type == "cpu" for g in params for p in (g["params"] if isinstance(g, dict) else [g])):
+            raise RuntimeError("`fused=True` requires all the params to be floating point Tensors of "
+                               "supported devices: ['cuda']")
+        real(self, params, *args, fused=fused, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "__init__", no_cpu_fused)
+    model = GPT(GPTConfig.from_preset("test-tiny"))
+    opt = build_optimizer(model, TrainConfig(fused=True), torch.device("cpu"))
+    assert isinstance(opt, torch.optim.AdamW) and not opt.param_groups[0].get("fused")
+    assert "fused AdamW is not available" in caplog.text
+    monkeypatch.undo()
+    assert build_optimizer(model, TrainConfig(fused=True), torch.device("cpu")).param_groups[0]["fused"]
+
+
+@pytest.mark.parametrize("key", ["lr", "grad_clip", "weight_decay", "min_lr", "beta2"])
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_non_finite_floats_are_refused(key: str, value: str) -> None:
+    """``--train.grad_clip nan`` once passed (NaN fails no `x < 0` check) and turned clipping
+    off; flags, YAML and Python construction all refuse it, naming the field."""
+    from gptforge.errors import ConfigError
+    from gptforge.train.config import build_run_config
+
+    with pytest.raises(ConfigError, match=rf"train\.{key}.*finite"):
+        build_run_config(None, None, {f"train.{key}": value})
+    with pytest.raises(ConfigError, match=rf"train\.{key} must be a finite number"):
+        TrainConfig(**{key: float(value)})
+
+
+def test_finite_float_flag_type() -> None:
+    import argparse
+
+    from gptforge.config import finite_float
+
+    assert finite_float("0.5") == 0.5 and finite_float("1e-3") == 1e-3
+    for bad in ("nan", "inf", "-Infinity", "x"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            finite_float(bad)
+
+
+def test_schedule_warnings_give_the_numbers() -> None:
+    w = TrainConfig(warmup_steps=200, lr_decay_steps=150, max_steps=1000, lr=1e-3).schedule_warnings()
+    assert len(w) == 1 and "train.warmup_steps (200) >= the decay end (150" in w[0]
+    w = TrainConfig(warmup_steps=100, max_steps=50, lr=1e-3, lr_decay_steps=2000).schedule_warnings()
+    assert len(w) == 1 and "train.max_steps (50) < train.warmup_steps (100)" in w[0] and "0.000495" in w[0]
+    assert TrainConfig(warmup_steps=100, max_steps=2000).schedule_warnings() == []
+    assert TrainConfig(warmup_steps=0, max_steps=20).schedule_warnings() == []

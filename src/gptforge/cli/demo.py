@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import argparse
 
+from gptforge.config import finite_float
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="gptforge-demo", metavar="DIR",
                         help="where the data, run and sample go (default ./gptforge-demo; its data/ and run/ are replaced)")
     parser.add_argument("--max-steps", type=int, metavar="N", help="training steps (default: what fits the time budget)")
-    parser.add_argument("--time-budget-s", type=float, default=180.0, metavar="S",
+    parser.add_argument("--time-budget-s", type=finite_float, default=180.0, metavar="S",
                         help="training time to aim for, in seconds (default 180)")
     parser.add_argument("--precision", choices=["fp32", "bf16"],
                         help="CPU precision (default: bf16 autocast if it is clearly faster here, else fp32)")

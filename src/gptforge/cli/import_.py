@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import argparse
 
+from gptforge.io import OVERWRITE_HELP
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=["hf"], default="hf", help="source format (hf = Hugging Face GPT-2)")
     parser.add_argument("--from", dest="src", required=True, metavar="DIR", help="the Hugging Face GPT-2 folder")
     parser.add_argument("--out", required=True, metavar="PATH", help="the gptforge model dir to create")
-    parser.add_argument("--overwrite", action="store_true", help="replace PATH if it exists")
+    parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
 
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gptforge.cli.options import DTYPE_HELP, dtype_name
+from gptforge.config import finite_float
 from gptforge.errors import ConfigError
 from gptforge.model.config import GPTConfig  # no torch: configs are checked before torch loads
 
@@ -33,9 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--config", help="a YAML file: model fields, or a run config with a model: section")
     src.add_argument("--model", help="a model dir, run dir or Hugging Face GPT-2 folder")
     info.add_argument("--seq-len", type=int, default=None, help="sequence length T for the attention FLOPs (default block_size)")
-    info.add_argument("--tokens-per-s", type=float, default=None, help="measured training throughput, for MFU")
+    info.add_argument("--tokens-per-s", type=finite_float, default=None, help="measured training throughput, for MFU")
     info.add_argument("--peak", default="h100-sxm", help="device for MFU: a table name (h100-sxm, a100, ...) or peak FLOP/s as a number")
-    info.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "tf32", "fp32"], help="dtype of the peak figure")
+    info.add_argument("--dtype", default="bf16", type=lambda s: dtype_name(s, extra=("tf32",)),
+                      help=f"dtype of the peak figure: {DTYPE_HELP}, or tf32")
     info.add_argument("--json", action="store_true", help="print one JSON object")
     info.set_defaults(_run=run_info, _accepts_overrides=True)
 

@@ -17,6 +17,9 @@ import argparse
 import json
 import sys
 
+from gptforge.config import finite_float
+from gptforge.io import OVERWRITE_HELP
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -37,14 +40,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="the dataset dir to create")
     parser.add_argument(
         "--val-fraction",
-        type=float,
+        type=finite_float,
         default=0.1,
         metavar="F",
         help="share of the data for validation (default 0.1)",
     )
     parser.add_argument(
         "--test-fraction",
-        type=float,
+        type=finite_float,
         default=0.0,
         metavar="F",
         help="share of the data for test (default 0)",
@@ -79,7 +82,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--seed", type=int, default=1337, help="seed of the document split (default 1337)"
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     parser.add_argument(
         "--skip-bad-lines",
         action="store_true",

@@ -19,6 +19,8 @@ import argparse
 import json
 from pathlib import Path
 
+from gptforge.io import OVERWRITE_HELP, check_replaceable
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -46,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--include-lm-head", action="store_true", help="also quantize the LM head")
     parser.add_argument("--out", required=True, help="output model dir")
-    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     parser.add_argument(
         "--report",
         action="store_true",
@@ -73,6 +75,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise GptforgeError(f"output {out} already exists; pass --overwrite or choose another path")
+    if args.overwrite:
+        check_replaceable(out, protect=(args.model,))
     if out.resolve() == Path(args.model).resolve():
         raise GptforgeError(
             "--out is the same path as --model; write the quantized model to a new dir"

@@ -46,7 +46,7 @@ from gptforge.data.shards import DATASET_KIND, META_FILE, SPLITS, TOKENIZER_FILE
 from gptforge.data.sources import DATASETS, InputSpec, resolve_inputs
 from gptforge.data.writer import ShardWriter
 from gptforge.errors import DataError
-from gptforge.io import FORMAT_VERSION, atomic_dir, write_json
+from gptforge.io import FORMAT_VERSION, atomic_dir, check_replaceable, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -334,6 +334,8 @@ def prepare(
         raise DataError(
             f"output {out} already exists; pass --overwrite to replace it, or choose another --out"
         )
+    if opts.overwrite:  # the one --overwrite rule (io.check_replaceable), before any work
+        check_replaceable(out, protect=tuple(p for p in inputs if Path(p).exists()))
     t0 = time.perf_counter()
     plan = _Plan(resolve_inputs(list(inputs), opts.glob), opts)
     tok = _load_tokenizer(tokenizer, plan, opts)

@@ -55,7 +55,19 @@ DATASETS: dict[str, RegisteredDataset] = {
         filename="the-verdict.txt",
         description='Edith Wharton\'s short story "The Verdict" (20 KB), LLMs-from-scratch ch. 2',
     ),
+    # An evaluation task, not a corpus: read by `gptforge eval --task hellaswag`
+    # (gptforge.evaluate.task_files), refused by prepare.
+    "hellaswag": RegisteredDataset(
+        url="https://raw.githubusercontent.com/klosax/hellaswag_text_data/"
+        "1105d370f8340eac3c63a91fd1fa58e8999f9505/hellaswag_val_full.txt.bz2",
+        sha256="50b637899e4263c2bc456c2dc726c95d2c8cd8e2a552ea5bd7719ce3cb03fe5b",
+        filename="hellaswag_val.txt.bz2",
+        description="the 10,042 HellaSwag validation tasks (Zellers et al., 2019) in llama.cpp's six-line text form",
+    ),
 }
+
+# Registered datasets that are evaluation tasks: `prepare` refuses them.
+TASK_DATASETS = ("hellaswag",)
 
 TEXT_SUFFIXES = (".txt", ".md", ".text", ".rst")
 DEFAULT_SUFFIXES = (*TEXT_SUFFIXES, ".jsonl", ".parquet")
@@ -220,6 +232,8 @@ def resolve_inputs(inputs: list[str], glob: str | None = None) -> list[InputSpec
             specs.append(InputSpec(arg, "folder", path, _folder_files(path, glob)))
         elif arg.startswith("hf:"):
             specs.append(InputSpec(arg, "hf", hf=parse_hf(arg)))
+        elif arg in TASK_DATASETS:
+            raise DataError(f"{arg!r} is an evaluation task, not a training corpus; use gptforge eval --task {arg}")
         elif arg in DATASETS:
             file = resolve_registered(arg)
             specs.append(

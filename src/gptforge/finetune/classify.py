@@ -15,9 +15,9 @@ row's first real token, so left and right padding give the same prediction.
 What trains (``--train``): ``head`` (the head only), ``last-k`` (the last k
 blocks, ``ln_f`` and the head), ``all``, or ``lora`` (LoRA adapters + the head).
 
-A fine-tuned classifier is a model dir whose ``config.json`` has a
-``classifier`` key (``{"labels": [...], "max_length": N}``) and whose weights
-include ``classifier.weight`` / ``classifier.bias``; :func:`_load_hook` rebuilds it.
+A fine-tuned classifier is a model dir whose ``config.json`` lists a ``classifier``
+variant (``{"kind": "classifier", "labels": [...], "max_length": N}``) and whose weights
+include ``classifier.weight`` / ``classifier.bias``; :func:`apply_variant` rebuilds it.
 """
 
 from __future__ import annotations
@@ -33,11 +33,11 @@ import torch.nn.functional as F
 
 from gptforge.data.collate import pad_collate
 from gptforge.errors import ConfigError, ModelError
-from gptforge.finetune.loop import LoopConfig, finetune
-from gptforge.finetune.lora import apply_lora, count_trainable, merge_lora
+from gptforge.finetune.recipe import LoopConfig
 from gptforge.model.config import GPTConfig
 from gptforge.model.gpt import GPT
-from gptforge.model.loading import LOAD_HOOKS, load_weights
+from gptforge.model.lora import apply_lora, count_trainable, merge_lora
+from gptforge.model.variants import add_variant, variant_kinds
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +55,12 @@ class GPTClassifier(GPT):
         nn.init.zeros_(self.classifier.bias)
 
     @classmethod
-    def from_gpt(cls, gpt: GPT, labels: list[str]) -> GPTClassifier:
-        """Wrap a pretrained GPT (its weights are shared, not copied) with a fresh head."""
+    def from_gpt(cls, gpt: GPT, labels: list[str], max_length: int | None = None) -> GPTClassifier:
+        """Wrap a pretrained GPT (its weights are shared, not copied) with a fresh head.
+
+        The variants already applied to ``gpt`` carry over (an earlier classifier head is
+        replaced), and the ``classifier`` variant is recorded last.
+        """
         with torch.device("meta"):
             model = cls(gpt.config, labels)
         for name in ("transformer", "lm_head"):
@@ -65,6 +69,12 @@ class GPTClassifier(GPT):
         nn.init.normal_(model.classifier.weight, std=0.02)
         nn.init.zeros_(model.classifier.bias)
         model.tokenizer = getattr(gpt, "tokenizer", None)
+        model.max_length = int(max_length or gpt.config.block_size)
+        for attr in ("quantization", "model_dir", "extra_config"):
+            if hasattr(gpt, attr):
+                setattr(model, attr, getattr(gpt, attr))
+        model.variants = [v for v in getattr(gpt, "variants", None) or [] if v["kind"] != "classifier"]
+        add_variant(model, {"kind": "classifier", "labels": list(model.labels), "max_length": model.max_length})
         return model
 
     def classify_logits(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -94,8 +104,13 @@ def set_trainable(model: GPTClassifier, mode: str, last_k: int = 1, lora: dict[s
     """Choose what trains: ``head``, ``last-k``, ``all`` or ``lora`` (see module docstring)."""
     if mode not in TRAIN_MODES:
         raise ConfigError(f"--train {mode!r} is not one of {list(TRAIN_MODES)}")
+    if mode in ("last-k", "all") and "quantization" in variant_kinds(model):
+        raise ConfigError(
+            f"--train {mode} would train a quantized base, whose integer weights cannot learn; use "
+            "--train lora (float adapters on the frozen quantized base) or --train head"
+        )
     if mode == "lora":
-        apply_lora(model.transformer, **(lora or {}))  # freezes everything else in the body
+        apply_lora(model, **(lora or {}), scope="transformer")  # freezes everything else
         for p in model.transformer.wte.parameters():
             p.requires_grad_(False)
     else:
@@ -196,23 +211,12 @@ def format_report(name: str, report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _load_hook(gpt_config: GPTConfig, config: dict, model_dir: Path) -> GPT | None:
-    """LOAD_HOOKS entry: rebuild a GPTClassifier when config.json has a ``classifier`` key."""
-    info = config.get("classifier")
-    if not info:
-        return None
-    labels = info.get("labels") if isinstance(info, dict) else None
+def apply_variant(model: GPT, entry: dict[str, Any], source: Path | str) -> GPTClassifier:
+    """The ``classifier`` variant on a (meta-device) model being loaded: a head, no weights yet."""
+    labels = entry.get("labels")
     if not isinstance(labels, list) or len(labels) < 2:
-        raise ModelError(f"{model_dir / 'config.json'}: classifier.labels must list at least two labels")
-    with torch.device("meta"):
-        model = GPTClassifier(gpt_config, [str(x) for x in labels])
-    load_weights(model, model_dir)
-    model.max_length = int(info.get("max_length", gpt_config.block_size))
-    return model
-
-
-if _load_hook not in LOAD_HOOKS:
-    LOAD_HOOKS.append(_load_hook)
+        raise ModelError(f"{source}: the classifier variant must list at least two labels")
+    return GPTClassifier.from_gpt(model, [str(x) for x in labels], entry.get("max_length"))
 
 
 @dataclass
@@ -236,6 +240,8 @@ class ClassifyOptions:
     lora_targets: tuple[str, ...] = ("c_attn", "c_proj", "c_fc")
     device: str = "cpu"
     overwrite: bool = False
+    resume: bool = False  # --resume OUT: continue the stopped run (an error if there is none)
+    overrides: dict[str, Any] | None = None  # --section.key VALUE flags onto the engine's config
 
 
 def run_classification(opts: ClassifyOptions, loop: LoopConfig) -> dict[str, Any]:
@@ -246,13 +252,18 @@ def run_classification(opts: ClassifyOptions, loop: LoopConfig) -> dict[str, Any
     unless ``overwrite``).
     """
     from gptforge.finetune.data import balance_classes, read_labelled, split_records
+    from gptforge.finetune.recipe import copy_metrics, run_config, run_task, stopped_result
     from gptforge.finetune.resume import discard_progress, open_progress
-    from gptforge.io import atomic_dir, write_json
+    from gptforge.io import atomic_dir, check_replaceable, write_json
     from gptforge.model.loading import load_model, save_model
+    from gptforge.train.distributed import is_main
+    from gptforge.train.tasks import ExamplesTask
 
     out = Path(opts.out)
     if out.exists() and not opts.overwrite:
         raise ConfigError(f"output {out} already exists; pass --overwrite or choose another --out")
+    if opts.overwrite:
+        check_replaceable(out, protect=(opts.model, opts.data))
     records = read_labelled(opts.data, opts.text_column, opts.label_column)
     if opts.balance:
         records = balance_classes(records, loop.seed)
@@ -275,7 +286,7 @@ def run_classification(opts: ClassifyOptions, loop: LoopConfig) -> dict[str, Any
 
     train_ex, val_ex, test_ex = encode(train, "train"), encode(val, "val"), encode(test, "test")
     torch.manual_seed(loop.seed)  # the head's initial weights
-    model = GPTClassifier.from_gpt(base, labels)
+    model = GPTClassifier.from_gpt(base, labels, max_length)
     lora = {"rank": opts.lora_rank, "alpha": opts.lora_alpha, "dropout": opts.lora_dropout,
             "targets": opts.lora_targets}  # fmt: skip
     set_trainable(model, opts.train, opts.last_k, lora)
@@ -283,11 +294,23 @@ def run_classification(opts: ClassifyOptions, loop: LoopConfig) -> dict[str, Any
     logger.info("classes %s; train %d, val %d, test %d; training %s: %d of %d parameters",
                 labels, len(train_ex), len(val_ex), len(test_ex), opts.train, trainable, total)  # fmt: skip
     task = ClassifyTask(pad_id)
-    progress, fingerprint = open_progress("classify", opts, loop)  # a stopped run's checkpoint, if any
+    work, fingerprint = open_progress("classify", opts, loop, opts.overrides)  # a stopped run's, if any
+    engine_task = ExamplesTask(
+        name="classify", prepared_model=model, tokenizer=tokenizer, train_examples=train_ex, val_examples=val_ex,
+        collate=task.collate, length=task.length, loss_and_count=task.loss, batch_size=loop.batch_size,
+        seed=loop.seed, sort_by_length=loop.sort_by_length, fingerprint=fingerprint,
+    )  # fmt: skip
+    cfg = run_config(loop, model.config, len(train_ex), opts.device, opts.overrides)
+    result = run_task(engine_task, cfg, work, explicit_resume=opts.resume)
+    if result.exit_code:
+        return stopped_result("classify", result, work)
+    if not is_main():
+        return {"task": "classify"}
+    model.eval()
     with atomic_dir(out, overwrite=opts.overwrite) as tmp:
-        history = finetune(model, task, train_ex, val_ex, loop, metrics_path=tmp / "metrics.jsonl",
-                           progress_dir=progress, fingerprint=fingerprint)
-        merge_lora(model)
+        history = copy_metrics(work, tmp)
+        if "quantization" not in variant_kinds(model):  # adapters on a quantized base stay apart
+            merge_lora(model)
         reports = {}
         for name, split in (("val", val_ex), ("test", test_ex)):
             if split:
@@ -307,8 +330,14 @@ def run_classification(opts: ClassifyOptions, loop: LoopConfig) -> dict[str, Any
             "model": str(opts.model),
             "data": str(opts.data),
         }
-        extra = {"classifier": {"labels": labels, "max_length": max_length}}
-        save_model(model, tmp / "final", tokenizer=tokenizer, extra_config=extra)
+        save_model(model, tmp / "final", tokenizer=tokenizer, extra_config=_training_entry(result))
         write_json(tmp / "results.json", results)
-    discard_progress(progress)  # complete: nothing left to resume
+    discard_progress(work)  # complete: nothing left to resume
     return results
+
+
+def _training_entry(result: Any) -> dict[str, Any]:
+    """final/config.json's ``training`` key: which val loss belongs to these weights."""
+    val = result.last_eval.get("val") if result.last_eval else None
+    return {"training": {"step": result.step, "tokens": result.tokens, "val_loss": val,
+                         "best_val_loss": result.best_val_loss}}  # fmt: skip

@@ -27,8 +27,9 @@ import torch.nn.functional as F
 
 from gptforge.data.collate import IGNORE_INDEX, pad_collate
 from gptforge.errors import ConfigError, DataError, ModelError
-from gptforge.finetune.loop import LoopConfig, evaluate, finetune
+from gptforge.finetune.recipe import LoopConfig
 from gptforge.templates import Template, make_template
+from gptforge.train.tasks import evaluate_examples
 
 logger = logging.getLogger(__name__)
 
@@ -160,6 +161,27 @@ def generate_responses(
     return rows
 
 
+def check_trainable_base(model: torch.nn.Module, lora_rank: int, merge: bool) -> None:
+    """Refuse, before any work, what cannot train: every weight of a quantized base is an integer.
+
+    LoRA on a quantized base works (QLoRA-style: frozen integers, float adapters), unmerged.
+    """
+    from gptforge.model.variants import variant_kinds
+
+    if "quantization" not in variant_kinds(model):
+        return
+    if lora_rank <= 0:
+        raise ConfigError(
+            "the base model is quantized: full fine-tuning cannot train its integer weights; pass "
+            "--lora-rank 8 (float adapters on the frozen quantized base), or fine-tune the float model"
+        )
+    if merge:
+        raise ConfigError(
+            "--merge cannot fold adapters into a quantized base; drop --merge (the adapters are saved "
+            "beside the integer weights and load back), or fine-tune the float model"
+        )
+
+
 @dataclass
 class InstructOptions:
     """Everything ``gptforge finetune instruct`` takes (see the CLI for help)."""
@@ -180,6 +202,8 @@ class InstructOptions:
     max_new_tokens: int = 128
     device: str = "cpu"
     overwrite: bool = False
+    resume: bool = False  # --resume OUT: continue the stopped run (an error if there is none)
+    overrides: dict[str, Any] | None = None  # --section.key VALUE flags onto the engine's config
 
 
 def run_instruct(opts: InstructOptions, loop: LoopConfig) -> dict[str, Any]:
@@ -190,14 +214,19 @@ def run_instruct(opts: InstructOptions, loop: LoopConfig) -> dict[str, Any]:
     built in a temporary folder and renamed at the end.
     """
     from gptforge.finetune.data import read_instructions, split_records
-    from gptforge.finetune.lora import apply_lora, count_trainable, lora_config_entry, merge_lora
+    from gptforge.finetune.recipe import copy_metrics, run_config, run_task, stopped_result
     from gptforge.finetune.resume import discard_progress, open_progress
-    from gptforge.io import atomic_dir, write_json
+    from gptforge.io import atomic_dir, check_replaceable, write_json
     from gptforge.model.loading import load_model, save_model
+    from gptforge.model.lora import apply_lora, count_trainable, merge_lora
+    from gptforge.train.distributed import is_main
+    from gptforge.train.tasks import ExamplesTask
 
     out = Path(opts.out)
     if out.exists() and not opts.overwrite:
         raise ConfigError(f"output {out} already exists; pass --overwrite or choose another --out")
+    if opts.overwrite:
+        check_replaceable(out, protect=(opts.model, opts.data))
     if opts.lora_rank < 0:
         raise ConfigError(f"--lora-rank must be >= 0 (0 = full fine-tuning), got {opts.lora_rank}")
     if opts.lora_rank > 0 and "lm_head" in opts.lora_targets and not opts.merge:
@@ -209,6 +238,7 @@ def run_instruct(opts: InstructOptions, loop: LoopConfig) -> dict[str, Any]:
     tokenizer = model.tokenizer
     if tokenizer is None:
         raise ModelError(f"model {opts.model} has no tokenizer.json; instruction tuning needs one")
+    check_trainable_base(model, opts.lora_rank, opts.merge)
     max_length = min(opts.max_length or model.config.block_size, model.config.block_size)
     train_conv, val_conv, _ = split_records(conversations, opts.val_fraction, 0.0, loop.seed)
     train = encode_all(tokenizer, template, train_conv, max_length, opts.on_too_long, f"{opts.data} (train)")
@@ -218,7 +248,7 @@ def run_instruct(opts: InstructOptions, loop: LoopConfig) -> dict[str, Any]:
         else []
     )
     task = InstructTask(tokenizer.eot_id if tokenizer.eot_id is not None else 0)
-    val_before = evaluate(model, task, val, loop.batch_size)
+    val_before = evaluate_examples(model, task.loss, task.collate, val, loop.batch_size)
     logger.info("held-out response loss before: %.4f", val_before)
     if opts.lora_rank > 0:
         torch.manual_seed(loop.seed)  # the adapters' initial weights
@@ -227,11 +257,23 @@ def run_instruct(opts: InstructOptions, loop: LoopConfig) -> dict[str, Any]:
         model.requires_grad_(True)
     trainable, total = count_trainable(model)
     logger.info("training %d of %d parameters (%.2f%%)", trainable, total, 100 * trainable / total)
-    progress, fingerprint = open_progress("instruct", opts, loop)  # a stopped run's checkpoint, if any
+    work, fingerprint = open_progress("instruct", opts, loop, opts.overrides)  # a stopped run's, if any
+    extra: dict[str, Any] = {"template": template.to_dict()}  # (unmerged adapters: in the variants)
+    engine_task = ExamplesTask(
+        name="instruct", prepared_model=model, tokenizer=tokenizer, train_examples=train, val_examples=val,
+        collate=task.collate, length=task.length, loss_and_count=task.loss, batch_size=loop.batch_size,
+        seed=loop.seed, sort_by_length=loop.sort_by_length, fingerprint=fingerprint, extra=extra,
+    )  # fmt: skip
+    cfg = run_config(loop, model.config, len(train), opts.device, opts.overrides)
+    result = run_task(engine_task, cfg, work, explicit_resume=opts.resume)
+    if result.exit_code:
+        return stopped_result("instruct", result, work)
+    if not is_main():
+        return {"task": "instruct"}
+    model.eval()
     with atomic_dir(out, overwrite=opts.overwrite) as tmp:
-        history = finetune(model, task, train, val, loop, metrics_path=tmp / "metrics.jsonl",
-                           progress_dir=progress, fingerprint=fingerprint)
-        val_after = evaluate(model, task, val, loop.batch_size)
+        history = copy_metrics(work, tmp)
+        val_after = evaluate_examples(model, task.loss, task.collate, val, loop.batch_size)
         if opts.lora_rank > 0 and opts.merge:
             merge_lora(model)
         responses = generate_responses(
@@ -240,11 +282,10 @@ def run_instruct(opts: InstructOptions, loop: LoopConfig) -> dict[str, Any]:
         with open(tmp / "responses.jsonl", "w", encoding="utf-8") as f:
             for row in responses:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        extra: dict[str, Any] = {"template": template.to_dict()}
-        lora_entry = lora_config_entry(model)
-        if lora_entry is not None:
-            extra["lora"] = lora_entry  # unmerged adapters: loadable, but export needs --merge
-        save_model(model, tmp / "final", tokenizer=tokenizer, extra_config=extra)
+        val_now = result.last_eval.get("val") if result.last_eval else None
+        training = {"step": result.step, "tokens": result.tokens, "val_loss": val_now,
+                    "best_val_loss": result.best_val_loss}  # which val loss belongs to these weights
+        save_model(model, tmp / "final", tokenizer=tokenizer, extra_config={**extra, "training": training})
         results = {
             "task": "instruct",
             "val_loss_before": val_before,
@@ -261,5 +302,5 @@ def run_instruct(opts: InstructOptions, loop: LoopConfig) -> dict[str, Any]:
             "data": str(opts.data),
         }
         write_json(tmp / "results.json", results)
-    discard_progress(progress)  # complete: nothing left to resume
+    discard_progress(work)  # complete: nothing left to resume
     return results

@@ -33,7 +33,12 @@ import torch
 
 from gptforge.errors import ModelError
 from gptforge.generate.config import GenerationConfig
-from gptforge.generate.sampling import apply_frequency_penalty, apply_repetition_penalty, sample
+from gptforge.generate.sampling import (
+    apply_frequency_penalty,
+    apply_repetition_penalty,
+    sample,
+    seen_tokens,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +97,13 @@ def stream_tokens(
     if cfg.max_new_tokens == 0:
         return
     was_training = model.training
+    if not was_training and device.type == "cpu" and not torch.compiler.is_compiling():
+        # A model already in eval mode (as load_model returns it) gets the decoding kernels
+        # measured fastest on this CPU; values stay the same and model.train() undoes the
+        # layout (see gptforge.generate.cpu_decoding). Training-time sampling is left alone.
+        from gptforge.generate.cpu_decoding import prepare_for_decoding
+
+        prepare_for_decoding(model)
     model.eval()
     try:
         yield from _decode(model, idx, cfg, attention_mask)
@@ -129,9 +141,7 @@ def _decode(
     seen = counts = None
     with torch.inference_mode():
         if cfg.repetition_penalty != 1.0:  # tokens present in the sequence (prompt included)
-            seen = torch.zeros(B, V, dtype=torch.bool, device=device)
-            real = attention_mask.bool() if padded else torch.ones_like(idx, dtype=torch.bool)
-            seen.scatter_(1, idx, real)
+            seen = seen_tokens(idx, attention_mask, V)  # (B, V)
         if cfg.frequency_penalty != 0.0 or cfg.presence_penalty != 0.0:  # generated tokens only
             counts = torch.zeros(B, V, dtype=torch.float32, device=device)
         cache = model.make_kv_cache(B, max_seq_len=min(block, T + n_new))

@@ -36,6 +36,27 @@ import torch
 from gptforge.generate.config import validate_sampling  # noqa: F401  (part of this module's API)
 
 
+def seen_tokens(idx: torch.Tensor, attention_mask: torch.Tensor | None, vocab_size: int) -> torch.Tensor:
+    """Which ids occur among the real tokens of each row (padding columns excluded).
+
+    Args:
+        idx: (B, T) ids; attention_mask: (B, T), 1 = real token, or None (all real).
+
+    Returns:
+        (B, V) bool.
+
+    Counted, not scattered: ``seen.scatter_(1, idx, mask)`` writes a pad column's False and
+    a real occurrence's True into the same cell when the pad id also occurs in the prompt,
+    and which write wins is unspecified (it dropped the real token).
+
+    Example: idx [[5, 2, 0]], mask [[1, 1, 0]] (pad id 0), V 6 -> True at 2 and 5 only;
+    idx [[0, 3, 0]], mask [[1, 1, 0]] -> True at 0 and 3.
+    """
+    real = torch.ones_like(idx) if attention_mask is None else (attention_mask != 0).long()
+    counts = torch.zeros(idx.shape[0], vocab_size, dtype=torch.long, device=idx.device)
+    return counts.scatter_add_(1, idx, real) > 0  # (B, V)
+
+
 def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
     """CTRL repetition penalty.
 

@@ -15,7 +15,7 @@ from gptforge.errors import GptforgeError, ModelError, TokenizerError
 
 logger = logging.getLogger(__name__)
 
-# config.json keys written by other parts of gptforge that change what the weights mean.
+# model variants (config.json "variants") that change what the weights mean.
 _NOT_EXPORTABLE_KEYS = {
     "quantization": "a quantized model (export the model it was quantized from)",
     "classifier": "a classifier head (GPT2LMHeadModel has only the language-model head)",
@@ -23,9 +23,13 @@ _NOT_EXPORTABLE_KEYS = {
 }
 
 
-def _check_output(out: Path, overwrite: bool) -> None:
+def _check_output(out: Path, overwrite: bool, source: str | Path) -> None:
+    from gptforge.io import check_replaceable
+
     if out.exists() and not overwrite:
         raise GptforgeError(f"output {out} already exists; pass --overwrite or choose another path")
+    if overwrite:
+        check_replaceable(out, protect=(source,))
 
 
 def import_hf(src: str | Path, out: str | Path, overwrite: bool = False) -> dict[str, Any]:
@@ -39,7 +43,7 @@ def import_hf(src: str | Path, out: str | Path, overwrite: bool = False) -> dict
     from gptforge.model.loading import save_model
 
     src, out = Path(src), Path(out)
-    _check_output(out, overwrite)
+    _check_output(out, overwrite, src)
     model = load_hf_gpt2(src)
     _check_tokenizer_saves_faithfully(model.tokenizer, src)
     with atomic_dir(out, overwrite=overwrite) as tmp:
@@ -93,10 +97,11 @@ def export_hf(model_path: str | Path, out: str | Path, overwrite: bool = False, 
     from gptforge.model.loading import load_model
 
     out = Path(out)
-    _check_output(out, overwrite)
+    _check_output(out, overwrite, model_path)
     model = load_model(model_path)
-    extra = getattr(model, "extra_config", {}) or {}
-    bad = [what for key, what in _NOT_EXPORTABLE_KEYS.items() if key in extra]
+    from gptforge.model.variants import variant_kinds
+
+    bad = [what for key, what in _NOT_EXPORTABLE_KEYS.items() if key in variant_kinds(model)]
     if bad:
         raise ModelError(f"{model_path} cannot be exported as GPT-2: it is {'; '.join(bad)}")
     eot = model.tokenizer.eot_id if model.tokenizer is not None else None

@@ -395,8 +395,8 @@ def tokenizer_from_hf_folder(folder: str | Path, vocab_size: int) -> Any:
     vocab, merges = folder / "vocab.json", folder / "merges.txt"
     if vocab.is_file() and merges.is_file():
         tok = GPT2Tokenizer(vocab, merges)
-    elif (folder / "tokenizer.json").is_file() and _hf_fast_tokenizer_files(folder / "tokenizer.json") is not None:
-        tok = GPT2Tokenizer(*_hf_fast_tokenizer_files(folder / "tokenizer.json"))
+    elif (folder / "tokenizer.json").is_file() and (fast := _hf_fast_tokenizer(folder / "tokenizer.json")) is not None:
+        tok = fast
     elif vocab_size == GPT2_VOCAB_SIZE:
         logger.warning(
             "%s has no vocab.json + merges.txt; using the built-in GPT-2 tokenizer (the model has its 50257 ids)",
@@ -417,12 +417,13 @@ def tokenizer_from_hf_folder(folder: str | Path, vocab_size: int) -> Any:
     return tok
 
 
-def _hf_fast_tokenizer_files(path: Path) -> tuple[Path, Path] | None:
-    """Write the vocab and merges of a byte-level BPE ``tokenizer.json`` (HF fast format) to
-    ``vocab.json`` / ``merges.txt`` in a cache folder, or None if it is another kind."""
-    import hashlib
+def _hf_fast_tokenizer(path: Path) -> Any:
+    """A :class:`GPT2Tokenizer` built in memory from a byte-level BPE ``tokenizer.json`` (HF fast
+    format), or None if it is another kind. Nothing is written: the vocab and merges once went
+    to a predictable shared ``/tmp`` folder that another local user could pre-create."""
     import json
-    import tempfile
+
+    from gptforge.tokenizer.gpt2 import GPT2Tokenizer
 
     try:
         spec = json.loads(path.read_text(encoding="utf-8"))
@@ -433,9 +434,4 @@ def _hf_fast_tokenizer_files(path: Path) -> tuple[Path, Path] | None:
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     lines = [m if isinstance(m, str) else " ".join(m) for m in merges]
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-    out = Path(tempfile.gettempdir()) / f"gptforge-hf-tokenizer-{digest}"
-    out.mkdir(exist_ok=True)
-    (out / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-    (out / "merges.txt").write_text("#version: 0.2\n" + "\n".join(lines) + "\n", encoding="utf-8")
-    return out / "vocab.json", out / "merges.txt"
+    return GPT2Tokenizer.from_tables(vocab, lines, source=str(path))

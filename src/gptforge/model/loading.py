@@ -2,8 +2,9 @@
 
 A model dir holds ``config.json`` (``{"format_version", "kind": "gptforge-model",
 "model": {GPTConfig fields}, ...}``), ``model.safetensors`` and ``tokenizer.json``.
-Other parts of gptforge add their own top-level keys to ``config.json``
-(``quantization``, ``chat_template``, ``classifier``) and their own loading hooks.
+``config.json["variants"]`` lists what was applied to the base GPT (classifier head,
+LoRA, quantization) in order; loading replays it (:mod:`gptforge.model.variants`).
+Other parts of gptforge add their own top-level keys (``template``, ``training``).
 
 ``PATH`` may be a model dir, a run dir (its ``final/``, else the checkpoint that
 ``latest`` names), or a Hugging Face GPT-2 folder (``model_type: gpt2``).
@@ -18,7 +19,7 @@ from typing import Any
 import torch
 
 from gptforge.config import from_dict, to_dict
-from gptforge.errors import ModelError
+from gptforge.errors import GptforgeError, ModelError
 from gptforge.io import (
     FORMAT_VERSION,
     check_format_version,
@@ -29,6 +30,12 @@ from gptforge.io import (
 )
 from gptforge.model.config import GPTConfig
 from gptforge.model.gpt import GPT
+from gptforge.model.variants import (
+    LEGACY_ORDER,
+    apply_variants,
+    finish_variants,
+    variants_from_config,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -36,16 +43,44 @@ MODEL_KIND = "gptforge-model"
 
 
 def model_state_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The state dict to write: unwrapped keys, and a tied LM head written once.
+    """The state dict to write: unwrapped keys, and a tied tensor written once (under its first name).
 
     safetensors refuses tensors that share memory; the tie is restored at load
-    from ``config.tie_weights``.
+    (:func:`fill_tied`, :func:`retie`): the LM head shares the token embedding
+    (``config.tie_weights``), also when LoRA wraps both (``lm_head.base.weight``).
     """
     model = unwrap_model(model)
     state = model.state_dict()
-    if getattr(getattr(model, "config", None), "tie_weights", False):
-        state.pop("lm_head.weight", None)
+    drop = {name for group in tied_groups(model) for name in group[1:]}
+    return {k: v for k, v in state.items() if k not in drop}
+
+
+def tied_groups(model: torch.nn.Module) -> list[list[str]]:
+    """Names of the state-dict entries that are one tensor (parameter or buffer), first name first."""
+    by_id: dict[int, list[str]] = {}
+    for name, t in model.state_dict(keep_vars=True).items():
+        by_id.setdefault(id(t), []).append(name)
+    return [names for names in by_id.values() if len(names) > 1]
+
+
+def fill_tied(state: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Add the names a tied tensor was not written under (taken from the name it was)."""
+    for group in tied_groups(model):
+        present = next((n for n in group if n in state), None)
+        if present is not None:
+            for name in group:
+                state.setdefault(name, state[present])
     return state
+
+
+def retie(model: torch.nn.Module, groups: list[list[str]]) -> None:
+    """Make every name of each group point at the first one's parameter again (after ``assign=True``)."""
+    for group in groups:
+        first_mod, _, first_attr = group[0].rpartition(".")
+        shared = getattr(model.get_submodule(first_mod) if first_mod else model, first_attr)
+        for name in group[1:]:
+            mod, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(mod) if mod else model, attr, shared)
 
 
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
@@ -80,8 +115,10 @@ def save_model(
     out.mkdir(parents=True, exist_ok=True)
     model = unwrap_model(model)
     tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
-    config = {"format_version": FORMAT_VERSION, "kind": MODEL_KIND, "model": to_dict(model.config)}
-    config.update(extra_config or {})
+    config = {"format_version": FORMAT_VERSION, "kind": MODEL_KIND, "model": to_dict(model.config),
+              "variants": [dict(v) for v in getattr(model, "variants", None) or []]}
+    # the variants come from the model (what is in memory), never from a caller's copy of an old list
+    config.update({k: v for k, v in (extra_config or {}).items() if k not in _NOT_EXTRA})
     save_safetensors(model_state_for_saving(model), out / "model.safetensors", metadata={"format": "pt"})
     if tokenizer is not None:
         tokenizer.save(out / "tokenizer.json")
@@ -96,19 +133,42 @@ def resolve_model_dir(path: str | Path) -> Path:
         raise ModelError(f"model path {p} does not exist; pass a model dir, a run dir or a GPT-2 folder")
     if (p / "config.json").is_file():
         return p
-    if (p / "final" / "config.json").is_file():
-        return p / "final"
+    final = p / "final" if (p / "final" / "config.json").is_file() else None
+    ckpt = None
     latest = p / "latest"
     if latest.is_file():
         name = latest.read_text().strip()
-        ckpt = p / "checkpoints" / name
-        if (ckpt / "config.json").is_file():
-            _check_checkpoint_files(ckpt)
-            return ckpt
+        if name and (p / "checkpoints" / name / "config.json").is_file():
+            ckpt = p / "checkpoints" / name
+    if final is not None and ckpt is not None:
+        # A resumed, extended run that was stopped has a checkpoint newer than its final/.
+        final_step, ckpt_step = _saved_step(final), _saved_step(ckpt)
+        if final_step is None or ckpt_step is None:  # no step recorded: the one written last wins
+            newer = (ckpt / "config.json").stat().st_mtime > (final / "config.json").stat().st_mtime
+        else:
+            newer = ckpt_step > final_step
+        if not newer:
+            logger.info("loading %s (step %s; the latest checkpoint %s is not newer)", final, final_step, ckpt.name)
+            return final
+        logger.info("loading checkpoint %s (step %s): newer than %s (step %s)", ckpt, ckpt_step, final, final_step)
+    if final is not None and ckpt is None:
+        return final
+    if ckpt is not None:
+        _check_checkpoint_files(ckpt)
+        return ckpt
     raise ModelError(
         f"{p} holds no model: expected config.json + model.safetensors, a run dir with final/, "
         "or a run dir with a latest checkpoint"
     )
+
+
+def _saved_step(model_dir: Path) -> int | None:
+    """The training step a run's model dir holds: ``config.json``'s ``training.step``."""
+    try:
+        step = read_json(model_dir / "config.json", what="model config").get("training", {}).get("step")
+    except (GptforgeError, AttributeError):
+        return None
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
 
 
 def _check_checkpoint_files(ckpt: Path) -> None:
@@ -157,31 +217,22 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torc
             raise ModelError(f"{model_dir / 'config.json'} is not a gptforge model config (no 'model' section)")
         check_format_version(config, model_dir / "config.json", "model config")
         gpt_config = from_dict(GPTConfig, config["model"], source=str(model_dir / "config.json"))
-        if "classifier" in config:
-            import gptforge.finetune.classify  # noqa: F401  registers its LOAD_HOOK
-        if "lora" in config:
-            import gptforge.finetune.lora  # noqa: F401  registers its LOAD_HOOK (unmerged adapters)
-        if "quantization" in config:
-            import gptforge.quantize.convert  # noqa: F401  registers its LOAD_HOOK (QuantLinear model)
-        model = _build_from_config(gpt_config, config, model_dir)
+        variants = variants_from_config(config, model_dir / "config.json")
+        model = build_model(gpt_config, variants, model_dir)
         model.tokenizer = _load_tokenizer_if_any(model_dir)
     model.model_dir = model_dir
-    model.extra_config = {k: v for k, v in config.items() if k not in ("model", "format_version", "kind")}
+    model.extra_config = {k: v for k, v in config.items() if k not in _NOT_EXTRA}
     if dtype is not None:
         model.to(dtype=dtype)
     return model.to(device).eval()
 
 
-# Hooks that rebuild special models from config.json keys (quantization, classifier heads):
-# each takes (gpt_config, config_json, model_dir) and returns a model or None.
-LOAD_HOOKS: list = []
+# config.json keys that are not "extra": the model itself and its variants (older spellings too)
+_NOT_EXTRA = {"model", "format_version", "kind", "variants", *LEGACY_ORDER}
 
 
-def _build_from_config(gpt_config: GPTConfig, config: dict, model_dir: Path) -> GPT:
-    for hook in LOAD_HOOKS:
-        model = hook(gpt_config, config, model_dir)
-        if model is not None:
-            return model
+def build_model(gpt_config: GPTConfig, variants: list[dict[str, Any]], model_dir: Path) -> GPT:
+    """The base GPT on the meta device, each variant applied in order, then the weights, once."""
     try:
         with torch.device("meta"):  # no memory yet: shapes are checked against the file first
             model = GPT(gpt_config)
@@ -190,20 +241,24 @@ def _build_from_config(gpt_config: GPTConfig, config: dict, model_dir: Path) -> 
             f"{model_dir / 'config.json'} describes a model that cannot be built ({str(e).splitlines()[0]}); "
             "check its vocab_size, block_size, n_embd, n_layer and n_head"
         ) from None
-    return load_weights(model, model_dir)
+    with torch.device("meta"):
+        model = apply_variants(model, variants, model_dir / "config.json")
+    load_weights(model, model_dir)
+    finish_variants(model, variants)
+    return model
 
 
-def load_weights(model: GPT, model_dir: Path) -> GPT:
+def load_weights(model: torch.nn.Module, model_dir: Path) -> torch.nn.Module:
     """Fill a (meta-device) ``model`` from ``model_dir/model.safetensors`` and restore the weight tie.
 
-    The tied LM head is stored once (as ``transformer.wte.weight``), so it is aliased back here.
+    A tied tensor is stored once (the LM head as ``transformer.wte.weight``), so its other
+    names are filled from that one and aliased back to it after the load.
     """
     state = strip_wrapper_prefixes(load_safetensors(model_dir / "model.safetensors"))
-    if model.config.tie_weights:
-        state.setdefault("lm_head.weight", state.get("transformer.wte.weight"))
+    groups = tied_groups(model)
+    fill_tied(state, model)
     load_state_strict(model, state, model_dir / "model.safetensors")
-    if model.config.tie_weights:
-        model.lm_head.weight = model.transformer.wte.weight
+    retie(model, groups)
     return model
 
 

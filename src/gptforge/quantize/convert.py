@@ -8,13 +8,16 @@ head (one matrix holds a large share of their weights and every logit goes throu
 so those stay float by default.
 
 A quantized model dir is an ordinary model dir whose ``model.safetensors`` holds the
-integer weights and their scales, and whose ``config.json`` has a ``quantization`` key::
+integer weights and their scales, and whose ``config.json`` lists a ``quantization`` variant::
 
-    {"format_version": 1, "method": "int4", "bits": 4, "group_size": 64, "symmetric": false,
-     "linear": ["transformer.h.0.attn.c_attn", ...], "embedding": [], "tied_lm_head": false}
+    {"kind": "quantization", "format_version": 1, "method": "int4", "bits": 4, "group_size": 64,
+     "symmetric": false, "linear": ["transformer.h.0.attn.c_attn", ...], "embedding": [],
+     "tied_lm_head": false}
 
-``load_model`` sees the key, imports this module (which registers :func:`load_quantized`
-in ``LOAD_HOOKS``) and gets the quantized model back.
+``load_model`` replays it with :func:`apply_variant` (empty quantized modules at those
+names, on the meta device) before it loads the weights, then :func:`finish_variant`.
+The variants applied before (a classifier head, unmerged LoRA adapters, whose frozen
+layers are then quantized) are kept, and recorded before this one.
 """
 
 from __future__ import annotations
@@ -27,16 +30,9 @@ import torch
 import torch.nn as nn
 
 from gptforge.errors import ConfigError, ModelError
-from gptforge.io import load_safetensors
-from gptforge.model.config import GPTConfig
 from gptforge.model.gpt import GPT
-from gptforge.model.loading import (
-    LOAD_HOOKS,
-    load_state_strict,
-    save_model,
-    strip_wrapper_prefixes,
-    unwrap_model,
-)
+from gptforge.model.loading import save_model, unwrap_model
+from gptforge.model.variants import add_variant
 from gptforge.quantize.modules import QuantEmbedding, QuantLinear
 from gptforge.quantize.spec import BITS, GROUP_SIZES, check_method
 
@@ -162,6 +158,7 @@ def quantize(
             lin = model.get_submodule(name)
             _set_module(model, name, QuantLinear.from_linear(lin, method, group_size, symmetric))
     model.quantization = describe(method, group_size, symmetric, linear, embedding, tied_head)
+    add_variant(model, {"kind": "quantization", **model.quantization})
     return model.eval()
 
 
@@ -206,21 +203,17 @@ def save_quantized(model: GPT, out_dir: str | Path, tokenizer: Any = None) -> Pa
     quant = getattr(model, "quantization", None)
     if quant is None:
         raise ModelError("this model is not quantized; call quantize(model, method) first")
-    extra = {
-        k: v for k, v in (getattr(model, "extra_config", None) or {}).items() if k != "quantization"
-    }
-    extra["quantization"] = quant
-    return save_model(model, out_dir, tokenizer=tokenizer, extra_config=extra)
+    # the extra keys of the model it came from (template, training) travel; the variants
+    # (this quantization among them) are the model's own list
+    return save_model(model, out_dir, tokenizer=tokenizer, extra_config=getattr(model, "extra_config", None))
 
 
-def load_quantized(gpt_config: GPTConfig, config: dict, model_dir: Path) -> GPT | None:
-    """LOAD_HOOKS entry: rebuild a quantized model when config.json has a ``quantization`` key."""
-    quant = config.get("quantization")
-    if quant is None:
-        return None
-    source = model_dir / "config.json"
-    if not isinstance(quant, dict) or "method" not in quant:
-        raise ModelError(f"{source}: 'quantization' must be an object with a 'method'")
+def apply_variant(model: GPT, entry: dict[str, Any], source: Path | str) -> GPT:
+    """The ``quantization`` variant on a (meta-device) model being loaded: empty quantized
+    modules at the names it lists, to be filled by the one strict load of the weights."""
+    quant = {k: v for k, v in entry.items() if k != "kind"}
+    if "method" not in quant:
+        raise ModelError(f"{source}: the quantization variant must have a 'method'")
     if quant.get("format_version", QUANT_FORMAT_VERSION) > QUANT_FORMAT_VERSION:
         raise ModelError(
             f"{source}: quantization format {quant.get('format_version')} is newer than this gptforge "
@@ -233,51 +226,31 @@ def load_quantized(gpt_config: GPTConfig, config: dict, model_dir: Path) -> GPT 
         check_method(method, group_size)
     except ConfigError as e:
         raise ModelError(f"{source}: {e}") from None
-    with torch.device("meta"):
-        model = GPT(gpt_config)
     try:
         for name in quant.get("embedding", []):
             emb = model.get_submodule(name)
             _set_module(
-                model,
-                name,
-                QuantEmbedding.empty(
-                    emb.num_embeddings, emb.embedding_dim, method, group_size, symmetric
-                ),
-            )
+                model, name,
+                QuantEmbedding.empty(emb.num_embeddings, emb.embedding_dim, method, group_size, symmetric),
+            )  # fmt: skip
         if quant.get("tied_lm_head"):
             _set_module(model, "lm_head", QuantLinear.tied(model.transformer.wte))
         for name in quant.get("linear", []):
             lin = model.get_submodule(name)
             _set_module(
-                model,
-                name,
-                QuantLinear.empty(
-                    lin.in_features,
-                    lin.out_features,
-                    lin.bias is not None,
-                    method,
-                    group_size,
-                    symmetric,
-                ),
-            )
+                model, name,
+                QuantLinear.empty(lin.in_features, lin.out_features, lin.bias is not None, method, group_size,
+                                  symmetric),
+            )  # fmt: skip
     except AttributeError as e:
-        raise ModelError(
-            f"{source}: the quantized module list does not fit the model config ({e})"
-        ) from None
-    state = strip_wrapper_prefixes(load_safetensors(model_dir / "model.safetensors"))
-    head_float = isinstance(model.lm_head, nn.Linear)
-    if gpt_config.tie_weights and head_float and "transformer.wte.weight" in state:
-        state.setdefault("lm_head.weight", state["transformer.wte.weight"])
-    load_state_strict(model, state, model_dir / "model.safetensors")
-    if gpt_config.tie_weights and head_float and isinstance(model.transformer.wte, nn.Embedding):
-        model.lm_head.weight = model.transformer.wte.weight
-    for m in model.modules():
-        if isinstance(m, (QuantLinear, QuantEmbedding)):
-            m.realign()
+        raise ModelError(f"{source}: the quantized module list does not fit the model config ({e})") from None
     model.quantization = quant
+    add_variant(model, {"kind": "quantization", **quant})
     return model
 
 
-if load_quantized not in LOAD_HOOKS:
-    LOAD_HOOKS.append(load_quantized)
+def finish_variant(model: GPT, entry: dict[str, Any]) -> None:
+    """After loading: the integer tensors to aligned memory (the CPU kernels need it)."""
+    for m in model.modules():
+        if isinstance(m, (QuantLinear, QuantEmbedding)):
+            m.realign()

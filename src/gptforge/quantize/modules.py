@@ -29,6 +29,7 @@ from gptforge.quantize.spec import BITS, METHODS  # noqa: F401  (re-exported)
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "reference")
+_STORED = ("qweight", "scales", "zeros")  # the quantized weight: its dtypes are part of the format
 
 
 def quantize_weight(
@@ -84,6 +85,11 @@ def aligned(t: torch.Tensor, alignment: int = 64) -> torch.Tensor:
     return t if t.data_ptr() % alignment == 0 else t.clone()
 
 
+def _probe_like(t: torch.Tensor) -> torch.Tensor:
+    """An empty tensor of ``t``'s dtype and device (the CPU for a meta tensor)."""
+    return torch.empty(0, dtype=t.dtype, device="cpu" if t.is_meta else t.device)
+
+
 class _QuantWeight(nn.Module):
     """What QuantLinear and QuantEmbedding share: the stored weight, its dequantization."""
 
@@ -98,6 +104,14 @@ class _QuantWeight(nn.Module):
         self._n, self._k = n, k
         self._tied_to: list[_QuantWeight] = []  # a list, so it is not registered as a submodule
         self._kernel_cache: tuple | None = None
+        # The compute dtype (and device), as an empty buffer that follows model.to(...): the
+        # outputs are cast to it, while the stored integers and scales keep their own dtype.
+        # Never on the meta device: it is not in the state dict, so loading would not fill it.
+        self.register_buffer("_compute", torch.empty(0, device="cpu"), persistent=False)
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return self._compute.dtype
 
     def _set_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         for name, t in tensors.items():
@@ -124,22 +138,29 @@ class _QuantWeight(nn.Module):
 
     @property
     def weight(self) -> torch.Tensor:
-        """An empty float tensor on this module's device.
+        """An empty tensor of the compute dtype on this module's device.
 
         Code that asks a layer for ``.weight.device`` / ``.weight.dtype`` (``GPT.device``,
         ``make_kv_cache``) keeps working; the values are in ``qweight`` and ``scales``
         (see :meth:`dequantized_weight`).
         """
-        _, s, _ = self.tensors()
-        return s.new_empty(0)
+        return self._compute
 
     def _load_from_state_dict(self, *args, **kwargs) -> None:  # type: ignore[override]
         self._kernel_cache = None  # tensors may be overwritten in place
         super()._load_from_state_dict(*args, **kwargs)
 
     def _apply(self, fn, recurse: bool = True):  # type: ignore[override]
-        self._kernel_cache = None  # .to(device), .float() ... make new tensors
-        return super()._apply(fn, recurse)
+        """``.to(device)``, ``.to(bfloat16)``, ``.half()`` ... move the stored tensors but never
+        cast them: a cast is for the compute dtype (the bias and ``_compute`` follow it). Casting
+        float32 scales to bfloat16 once broke ``load_model(dtype=bf16)`` on quantized models."""
+        self._kernel_cache = None  # new tensors
+        stored = {n: t for n, t in self._buffers.items() if n in _STORED and t is not None}
+        out = super()._apply(fn, recurse)
+        device = self._compute.device
+        for name, t in stored.items():
+            self._buffers[name] = t.to(device)
+        return out
 
     def stored_bytes(self) -> int:
         """Bytes of the stored weight tensors (0 for a tied head: they are counted once)."""
@@ -186,6 +207,7 @@ class QuantLinear(_QuantWeight):
             symmetric,
         )
         m._set_tensors(quantize_weight(linear.weight, method, group_size, symmetric))
+        m._compute = _probe_like(linear.weight)  # computes in the dtype it was quantized from
         if linear.bias is not None:
             m.bias = linear.bias.detach().float().clone()
         return m
@@ -217,6 +239,7 @@ class QuantLinear(_QuantWeight):
             embedding.symmetric,
         )
         m._tied_to.append(embedding)
+        m._compute = _probe_like(embedding._compute)
         return m
 
     def _kernel(self, x: torch.Tensor):
@@ -225,7 +248,8 @@ class QuantLinear(_QuantWeight):
             self.backend != "auto"
             or x.device.type != "cpu"
             or x.dtype not in (torch.float32, torch.bfloat16)
-        ):
+            or (x.requires_grad and torch.is_grad_enabled())  # training adapters (QLoRA): the
+        ):  # kernels have no backward, the reference path (dequantize, matmul) does
             return None
         q, s, z = self.tensors()
         key = (q.data_ptr(), s.data_ptr(), None if z is None else z.data_ptr())
@@ -249,13 +273,14 @@ class QuantLinear(_QuantWeight):
         """x (..., in_features) -> (..., out_features)"""
         q, s, z = self.tensors()
         if self.method == "int8-dynamic":
-            return int8.int8_linear_dynamic(x, q, s, self.bias)
-        kernel = self._kernel(x)
-        if kernel is not None:
-            return kernel(x, self.bias)
-        if self.method == "int4":
-            return int4.int4_linear_reference(x, q, s, z, self.bias)
-        return int8.int8_linear_reference(x, q, s, self.bias)
+            y = int8.int8_linear_dynamic(x, q, s, self.bias)
+        elif (kernel := self._kernel(x)) is not None:
+            y = kernel(x, self.bias)
+        elif self.method == "int4":
+            y = int4.int4_linear_reference(x, q, s, z, self.bias)
+        else:
+            y = int8.int8_linear_reference(x, q, s, self.bias)
+        return y.to(self._compute.dtype)  # (..., out_features), the compute dtype whatever the kernel's
 
     def extra_repr(self) -> str:
         g = (
@@ -292,6 +317,7 @@ class QuantEmbedding(_QuantWeight):
     ) -> QuantEmbedding:
         m = cls(emb.num_embeddings, emb.embedding_dim, method, group_size, symmetric)
         m._set_tensors(quantize_weight(emb.weight, method, group_size, symmetric))
+        m._compute = _probe_like(emb.weight)
         return m
 
     @classmethod
@@ -303,14 +329,14 @@ class QuantEmbedding(_QuantWeight):
         return m
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        """idx (...) long -> (..., embedding_dim) float32"""
+        """idx (...) long -> (..., embedding_dim) in the compute dtype"""
         q, s, z = self.tensors()
         flat = idx.reshape(-1)  # (M,)
         if self.method == "int4":
             rows = int4.dequantize_int4(q[flat], s[flat], None if z is None else z[flat])  # (M, C)
         else:
             rows = int8.dequantize_int8(q[flat], s[flat])  # (M, C)
-        return rows.view(*idx.shape, self.embedding_dim)
+        return rows.view(*idx.shape, self.embedding_dim).to(self._compute.dtype)
 
     def extra_repr(self) -> str:
         g = (

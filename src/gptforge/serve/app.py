@@ -1,21 +1,28 @@
 """The OpenAI-compatible HTTP API (FastAPI) over a :class:`~gptforge.serve.backend.Backend`.
 
-Endpoints: ``POST /v1/completions``, ``POST /v1/chat/completions`` (both stream
+Endpoints: ``POST /v1/completions`` and ``POST /v1/chat/completions`` (both stream
 server-sent events with ``"stream": true``), ``GET /v1/models``, ``GET /health``,
-and the chat page at ``/``.
+``GET /metrics`` (Prometheus text), vLLM's ``GET /tokenizer_info``, ``POST /tokenize``
+and ``POST /detokenize`` (what lm-evaluation-harness's ``tokenizer_backend=remote``
+calls), and the chat page at ``/``.
 
 Why it is built this way:
 
-* **Never block the event loop.** Generation runs in a worker thread; text pieces
-  come back through an ``asyncio.Queue``. Health checks and 429 answers stay
-  instant while a long completion runs.
-* **Bounded work.** At most ``max_concurrent`` generations run and at most
-  ``max_queue`` wait; anything beyond gets 429 at once instead of piling up.
-  A streaming client that disconnects cancels its generation (between two
-  tokens) and frees its slot immediately.
-* **Bad input is the client's problem, never a 500.** The body is size-limited,
-  parsed and validated here, and every error uses OpenAI's shape
-  ``{"error": {"message", "type", "param", "code"}}`` with a 4xx status.
+* **One scheduler owns the model.** Requests become sequences handed to the backend's
+  continuous-batching scheduler; their tokens come back as events through an
+  ``asyncio.Queue``. The event loop never runs the model or the tokenizer (prompts are
+  encoded in a worker thread, once), so health checks and 429 answers stay instant.
+* **Bounded work, refused before the first byte.** A request is admitted (all its
+  sequences queued) before any part of the response is sent; when they do not fit in
+  ``max_batch`` running plus ``max_queue`` waiting, the answer is a plain 429. A client
+  that goes away, streaming or not, cancels its sequences and frees their rows before
+  the next decode step.
+* **Bad input is the client's problem, never a 500.** The body is size-limited, must be
+  JSON, is validated here (an unknown field is a 400 naming it), and every error uses
+  OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``.
+* **Only this machine's pages may drive it.** Requests whose ``Host`` is not the bound
+  address or localhost, and browser requests from another ``Origin``, are refused
+  unless ``--allow-origin`` lets them in (DNS rebinding, drive-by POSTs from web pages).
 """
 
 from __future__ import annotations
@@ -24,37 +31,53 @@ import asyncio
 import json
 import logging
 import secrets
-import threading
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gptforge.errors import GptforgeError
-from gptforge.serve.backend import Backend, Cancelled, SamplingParams
+from gptforge.serve import formats
+from gptforge.serve.backend import Backend, Busy, Event, SamplingParams, Sequence
+from gptforge.serve.schemas import (
+    ChatRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    TokenizeRequest,
+    _Common,
+    prompt_list,
+)
 
 logger = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
+JSON_PATHS = {"/v1/completions", "/v1/chat/completions", "/tokenize", "/detokenize"}
+KEYED_PREFIXES = ("/v1", "/tokenize", "/detokenize", "/tokenizer_info")
+LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1"}
 
 
 @dataclass
 class ServeSettings:
     """Limits and safety switches of the server (each maps to a ``gptforge serve`` flag)."""
 
-    max_concurrent: int = 1  # generations running at once (a CPU runs one well)
-    max_queue: int = 16  # requests waiting for a slot before 429
+    max_batch: int = 16  # sequences decoded together (rows of the shared KV cache)
+    max_queue: int = 64  # sequences waiting for a row before 429
     max_tokens_limit: int = 400  # the largest max_tokens a request may ask for
     max_prompt_tokens: int | None = None  # None = the model's context length
     max_body_bytes: int = 1_000_000
     api_key: str | None = None
+    host: str = "127.0.0.1"  # the bound address (Host header policy)
+    allow_origins: list[str] = field(default_factory=list)  # extra origins; "*" = any
+    prefill_chunk: int = 128  # prompt tokens prefilled between two decode steps
+    max_concurrent: int | None = None  # old name of max_batch, kept working
 
 
 class APIError(Exception):
@@ -72,111 +95,88 @@ def error_response(status: int, message: str, type_: str = "invalid_request_erro
     return JSONResponse(body, status_code=status)
 
 
-# ---- request schemas ---------------------------------------------------------------------------
-
-class _Common(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    model: str | None = None
-    max_tokens: int | None = Field(None, ge=0, description="new tokens to generate")
-    temperature: float = Field(1.0, ge=0.0, le=100.0)
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
-    n: int = Field(1, ge=1, le=8)
-    stop: str | list[str] | None = None
-    seed: int | None = Field(None, ge=0, lt=2**63)
-    stream: bool = False
-    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
-    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
-    user: str | None = None
+def _busy() -> APIError:
+    return APIError(429, "the server is busy: too many requests in flight; retry later",
+                    type_="rate_limit_error", code="server_busy")
 
 
-class CompletionRequest(_Common):
-    prompt: str | list[str] = ""
+# ---- a request's sequences ------------------------------------------------------------------
 
+class Run:
+    """The sequences of one request; their scheduler events arrive on one asyncio queue."""
 
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    def __init__(self, backend: Backend, prompts: list[list[int]], params: list[SamplingParams]) -> None:
+        self.scheduler = backend.scheduler
+        loop = asyncio.get_running_loop()
+        self.queue: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
 
-    role: Literal["system", "user", "assistant"]
-    content: str
+        def listener(k: int) -> Any:
+            def put(ev: Event) -> None:
+                try:
+                    loop.call_soon_threadsafe(self.queue.put_nowait, (k, ev))
+                except RuntimeError:  # the loop is gone (server shutting down)
+                    pass
+            return put
 
+        self.seqs = [Sequence(ids, p, listener(k)) for k, (ids, p) in enumerate(zip(prompts, params))]
+        self.open = len(self.seqs)
 
-class ChatRequest(_Common):
-    messages: list[ChatMessage] = Field(..., min_length=1)
-
-
-# ---- concurrency ----------------------------------------------------------------------------------
-
-class Slots:
-    """Admission control: ``max_concurrent`` running, ``max_queue`` waiting, the rest 429."""
-
-    def __init__(self, max_concurrent: int, max_queue: int) -> None:
-        self.max_concurrent, self.max_queue = max_concurrent, max_queue
-        self.active = 0
-        self.waiting = 0
-        self._sem: asyncio.Semaphore | None = None
-
-    async def acquire(self) -> None:
-        if self._sem is None:
-            self._sem = asyncio.Semaphore(self.max_concurrent)
-        if self.active + self.waiting >= self.max_concurrent + self.max_queue:
-            raise APIError(429, "the server is busy: too many requests in flight; retry later",
-                           type_="rate_limit_error", code="server_busy")
-        self.waiting += 1
+    def submit(self) -> None:
         try:
-            await self._sem.acquire()
+            self.scheduler.submit(self.seqs)
+        except Busy:
+            raise _busy() from None
+
+    def cancel(self) -> None:
+        for s in self.seqs:
+            s.cancel.set()
+        self.scheduler.wake()
+
+    async def events(self, request: Request) -> AsyncIterator[tuple[int, Event]]:
+        """Every event until each sequence is done; cancels them all if the client leaves."""
+        watcher = asyncio.ensure_future(_disconnected(request))
+        try:
+            while self.open:
+                getter = asyncio.ensure_future(self.queue.get())
+                done, _ = await asyncio.wait({getter, watcher}, return_when=asyncio.FIRST_COMPLETED)
+                if getter not in done:
+                    getter.cancel()
+                    return  # the client went away (the finally cancels the sequences)
+                k, ev = getter.result()
+                if ev.kind in ("done", "error"):
+                    self.open -= 1
+                yield k, ev
         finally:
-            self.waiting -= 1
-        self.active += 1
-
-    def release(self) -> None:
-        self.active -= 1
-        assert self._sem is not None
-        self._sem.release()
+            watcher.cancel()
+            if self.open:
+                self.cancel()
 
 
-async def _chunks(backend: Backend, prompt: str, params: SamplingParams, cancel: threading.Event) -> AsyncIterator[Any]:
-    """Run the backend's generator in a worker thread and yield its text chunks here."""
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-
-    def put(item: tuple[str, Any]) -> None:
-        try:
-            loop.call_soon_threadsafe(queue.put_nowait, item)
-        except RuntimeError:  # the loop is gone (server shutting down)
-            pass
-
-    def worker() -> None:
-        try:
-            for piece in backend.stream(prompt, params, cancel):
-                put(("piece", piece))
-            put(("done", None))
-        except Cancelled:
-            put(("done", None))
-        except BaseException as e:  # noqa: BLE001 - handed to the event loop
-            put(("error", e))
-
-    threading.Thread(target=worker, name="gptforge-generate", daemon=True).start()
+async def _disconnected(request: Request) -> None:
+    """Returns when the client has gone away (the body is already read)."""
     while True:
-        kind, value = await queue.get()
-        if kind == "piece":
-            yield value
-        elif kind == "done":
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
             return
-        else:
-            raise value
 
 
 # ---- the app ---------------------------------------------------------------------------------------
 
 def create_app(backend: Backend, settings: ServeSettings | None = None) -> FastAPI:
-    """Build the FastAPI app serving ``backend`` under ``settings``."""
+    """Build the FastAPI app serving ``backend`` under ``settings`` (starts its scheduler)."""
     settings = settings or ServeSettings()
-    max_prompt = settings.max_prompt_tokens or backend.block_size
-    slots = Slots(settings.max_concurrent, settings.max_queue)
+    if settings.max_concurrent is not None:
+        settings.max_batch = settings.max_concurrent
+    max_prompt = min(settings.max_prompt_tokens or backend.block_size, backend.block_size)
+    sched = backend.start(max_batch=settings.max_batch, max_queue=settings.max_queue,
+                          cache_len=max_prompt + settings.max_tokens_limit, prefill_chunk=settings.prefill_chunk)
+    metrics = sched.stats
     created = int(time.time())
     app = FastAPI(title="gptforge", version="1", description=f"OpenAI-compatible API serving {backend.name}")
-    app.state.slots = slots
+    app.state.backend = backend
+    allowed_hosts = set(LOCAL_HOSTS) | {settings.host.strip("[]")}
+    allowed_hosts |= {urlsplit(o).hostname or "" for o in settings.allow_origins if o != "*"}
+    any_host = "*" in settings.allow_origins or settings.host in ("0.0.0.0", "::", "")
 
     @app.exception_handler(APIError)
     async def _api_error(_: Request, e: APIError) -> JSONResponse:
@@ -188,16 +188,29 @@ def create_app(backend: Backend, settings: ServeSettings | None = None) -> FastA
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, e: RequestValidationError) -> JSONResponse:
-        return error_response(400, _describe_validation(e.errors()))
+        message, param = _describe_validation(e.errors())
+        return error_response(400, message, param=param)
 
     @app.exception_handler(GptforgeError)
     async def _input_error(_: Request, e: GptforgeError) -> JSONResponse:
         # e.g. a prompt character a char tokenizer cannot encode: the request's fault, not a 500
         return error_response(400, str(e))
 
-    @app.middleware("http")
-    async def _auth_and_size(request: Request, call_next: Any) -> Any:
-        if settings.api_key and request.url.path.startswith("/v1"):
+    def refuse(request: Request) -> JSONResponse | None:
+        """The Host/Origin policy, the API key, the body size and the content type."""
+        host = (urlsplit("//" + request.headers.get("host", "")).hostname or "").lower()
+        if not any_host and host not in allowed_hosts:
+            return error_response(403, f"Host {host!r} is not served here (DNS rebinding guard); "
+                                  "start the server with --allow-origin to open it", "permission_error")
+        origin = request.headers.get("origin")
+        if origin and origin != "null" and "*" not in settings.allow_origins:
+            o = urlsplit(origin)
+            same = o.netloc.lower() == request.headers.get("host", "").lower()
+            if not same and origin.rstrip("/") not in [a.rstrip("/") for a in settings.allow_origins]:
+                return error_response(403, f"Origin {origin!r} may not call this server; start it with "
+                                      f"--allow-origin {origin} to allow that page", "permission_error")
+        path = request.url.path
+        if settings.api_key and path.startswith(KEYED_PREFIXES):
             given = request.headers.get("authorization", "")
             token = given[7:] if given.lower().startswith("bearer ") else ""
             if not secrets.compare_digest(token.encode(), settings.api_key.encode()):
@@ -210,7 +223,19 @@ def create_app(backend: Backend, settings: ServeSettings | None = None) -> FastA
             if int(length) > settings.max_body_bytes:
                 return error_response(413, f"request body of {length} bytes exceeds the limit of "
                                       f"{settings.max_body_bytes} bytes")
-        return await call_next(request)
+        if request.method == "POST" and path in JSON_PATHS:
+            kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            if kind != "application/json":
+                return error_response(415, f"Content-Type must be application/json, got {kind or 'none'!r}")
+        return None
+
+    @app.middleware("http")
+    async def _policy(request: Request, call_next: Any) -> Any:
+        response = refuse(request) or await call_next(request)
+        path = request.url.path
+        metrics.count_request(path if path in JSON_PATHS or path.startswith("/v1") else "other",
+                              response.status_code)
+        return response
 
     async def parse(request: Request, schema: type[BaseModel]) -> Any:
         body = b""
@@ -227,82 +252,62 @@ def create_app(backend: Backend, settings: ServeSettings | None = None) -> FastA
         try:
             req = schema.model_validate(data)
         except ValidationError as e:
-            raise APIError(400, _describe_validation(e.errors())) from None
-        if req.model not in (None, backend.name):
+            message, param = _describe_validation(e.errors())
+            raise APIError(400, message, param=param) from None
+        if getattr(req, "model", None) not in (None, backend.name):
             raise APIError(404, f"the model {req.model!r} does not exist; this server serves {backend.name!r}",
                            param="model", code="model_not_found")
         return req
 
-    def sampling(req: _Common, default_max: int, extra_stop: list[str]) -> SamplingParams:
+    def sampling(req: _Common, max_tokens: int | None, default_max: int, extra_stop: list[str]) -> SamplingParams:
         # a request that asks for nothing gets the default, capped by the server's limit (never a 400)
-        max_tokens = min(default_max, settings.max_tokens_limit) if req.max_tokens is None else req.max_tokens
+        max_tokens = min(default_max, settings.max_tokens_limit) if max_tokens is None else max_tokens
         if max_tokens > settings.max_tokens_limit:
             raise APIError(400, f"max_tokens {max_tokens} exceeds this server's limit of "
                            f"{settings.max_tokens_limit}; ask for fewer", param="max_tokens")
         stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
         if len(stop) > 4 or any(not s for s in stop):
             raise APIError(400, "stop must be up to 4 non-empty strings", param="stop")
-        return SamplingParams(max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p,
-                              seed=req.seed, stop=stop + extra_stop,
-                              frequency_penalty=req.frequency_penalty, presence_penalty=req.presence_penalty)
+        bias: dict[int, float] = {}
+        for key, value in (req.logit_bias or {}).items():
+            if not key.isdigit() or int(key) >= backend.vocab_size:
+                raise APIError(400, f"logit_bias key {key!r} is not a token id in [0, {backend.vocab_size})",
+                               param="logit_bias")
+            if not -100 <= value <= 100:
+                raise APIError(400, f"logit_bias value {value} must be in [-100, 100]", param="logit_bias")
+            bias[int(key)] = value
+        return SamplingParams(max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p, top_k=req.top_k,
+                              seed=req.seed, stop=stop + extra_stop, frequency_penalty=req.frequency_penalty,
+                              presence_penalty=req.presence_penalty, repetition_penalty=req.repetition_penalty,
+                              logit_bias=bias or None)
 
-    def check_prompt(prompt: str) -> int:
-        try:  # encodes exactly as generation will (an empty prompt starts from end-of-text)
-            n = backend.count_prompt_tokens(prompt)
+    def encode(prompt: str | list[int]) -> list[int]:
+        """Runs in a worker thread: the prompt's ids, checked against the length limit."""
+        try:
+            ids = backend.encode_prompt(prompt)
         except GptforgeError as e:
             raise APIError(400, f"the prompt cannot be used: {e}", param="prompt") from None
-        if n > max_prompt:
-            raise APIError(400, f"the prompt is {n} tokens long; this server accepts at most {max_prompt}",
+        if len(ids) > max_prompt:
+            raise APIError(400, f"the prompt is {len(ids)} tokens long; this server accepts at most {max_prompt}",
                            param="prompt", code="context_length_exceeded")
-        return n
+        return ids
 
-    async def complete(prompt: str, params: SamplingParams) -> tuple[str, str, int]:
-        """Run one whole completion; returns (text, finish_reason, completion tokens)."""
-        cancel = threading.Event()
-        await slots.acquire()
-        try:
-            chunks = [c async for c in _chunks(backend, prompt, params, cancel)]
-        finally:
-            cancel.set()
-            slots.release()
-        return "".join(c.text for c in chunks), chunks[-1].finish_reason, chunks[-1].completion_tokens
+    def choices_fit(count: int) -> None:
+        if count > settings.max_batch + settings.max_queue:
+            raise APIError(400, f"{count} sequences (prompts x n) can never fit this server's "
+                           f"{settings.max_batch + settings.max_queue} places; send fewer", param="n")
 
-    def seeded(params: SamplingParams, i: int) -> SamplingParams:
-        # The i-th of n choices uses seed + i, so n=1 equals `gptforge generate --seed S`.
-        if params.seed is None or i == 0:
-            return params
-        return SamplingParams(**{**params.__dict__, "seed": params.seed + i})
+    def per_choice(params: SamplingParams, n: int, count: int) -> list[SamplingParams]:
+        # The j-th of n choices uses seed + j, so choice 0 equals `gptforge generate --seed S`.
+        out = []
+        for k in range(count):
+            j = k % n
+            seed = params.seed + j if params.seed is not None and j else params.seed
+            out.append(SamplingParams(**{**params.__dict__, "seed": seed}))
+        return out
 
-    def streaming(prompt: str, params: SamplingParams, n: int, make_chunk: Any) -> StreamingResponse:
-        async def events() -> AsyncIterator[bytes]:
-            for i in range(n):
-                p = seeded(params, i)
-                cancel = threading.Event()
-                await slots.acquire()
-                try:
-                    first = make_chunk(i, None, None, first=True)
-                    if first is not None:
-                        yield _sse(first)
-                    async for chunk in _chunks(backend, prompt, p, cancel):
-                        if chunk.text:
-                            yield _sse(make_chunk(i, chunk.text, None))
-                        if chunk.finish_reason is not None:
-                            yield _sse(make_chunk(i, None, chunk.finish_reason))
-                except GptforgeError as e:
-                    # The status line is already sent: report the problem as an event in
-                    # OpenAI's error shape and end the stream properly.
-                    yield _sse({"error": {"message": str(e), "type": "invalid_request_error",
-                                          "param": None, "code": None}})
-                    break
-                finally:  # also on client disconnect (the task is cancelled here)
-                    cancel.set()
-                    slots.release()
-            yield b"data: [DONE]\n\n"
-
-        if slots.active + slots.waiting >= slots.max_concurrent + slots.max_queue:
-            raise APIError(429, "the server is busy: too many requests in flight; retry later",
-                           type_="rate_limit_error", code="server_busy")
-        return _ClosingStreamingResponse(events(), media_type="text/event-stream",
+    def sse_response(body: AsyncIterator[bytes]) -> StreamingResponse:
+        return _ClosingStreamingResponse(body, media_type="text/event-stream",
                                          headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -311,72 +316,126 @@ def create_app(backend: Backend, settings: ServeSettings | None = None) -> FastA
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": backend.name, "active": slots.active, "queued": slots.waiting}
+        return {"status": "ok", "model": backend.name, "active": sched.running, "queued": sched.queued,
+                "max_batch": settings.max_batch}
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def prometheus() -> PlainTextResponse:
+        return PlainTextResponse(metrics.render(sched.running, sched.queued, settings.max_batch),
+                                 media_type="text/plain; version=0.0.4")
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
         return {"object": "list", "data": [{"id": backend.name, "object": "model", "created": created,
-                                            "owned_by": "gptforge"}]}
+                                            "owned_by": "gptforge", "max_model_len": backend.block_size,
+                                            "n_params": backend.n_params}]}
+
+    @app.get("/tokenizer_info")
+    async def tokenizer_info() -> dict[str, Any]:
+        return {"eos_token": backend.eos_token(), "bos_token": None, "pad_token": None,
+                "model_max_length": backend.block_size, "vocab_size": backend.vocab_size,
+                "tokenizer_class": type(backend.tokenizer).__name__}
+
+    @app.post("/tokenize", openapi_extra=_body_schema(TokenizeRequest))
+    async def tokenize(request: Request) -> dict[str, Any]:
+        req: TokenizeRequest = await parse(request, TokenizeRequest)
+        try:
+            ids = await asyncio.to_thread(backend.tokenize, req.prompt)
+        except GptforgeError as e:
+            raise APIError(400, f"the prompt cannot be tokenized: {e}", param="prompt") from None
+        return {"count": len(ids), "max_model_len": backend.block_size, "tokens": ids}
+
+    @app.post("/detokenize", openapi_extra=_body_schema(DetokenizeRequest))
+    async def detokenize(request: Request) -> dict[str, Any]:
+        req: DetokenizeRequest = await parse(request, DetokenizeRequest)
+        bad = [i for i in req.tokens if not 0 <= i < backend.vocab_size]
+        if bad:
+            raise APIError(400, f"token id {bad[0]} is out of range [0, {backend.vocab_size})", param="tokens")
+        return {"prompt": backend.token_text(req.tokens)}
 
     @app.post("/v1/completions", openapi_extra=_body_schema(CompletionRequest))
     async def completions(request: Request) -> Any:
         req: CompletionRequest = await parse(request, CompletionRequest)
-        prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
-        if len(prompts) != 1:
-            raise APIError(400, "exactly one prompt per request is supported", param="prompt")
-        prompt = prompts[0]
-        prompt_tokens = check_prompt(prompt)
-        params = sampling(req, 16, [])
-        rid, now = f"cmpl-{secrets.token_hex(12)}", int(time.time())
+        if req.suffix is not None:
+            raise APIError(400, "suffix (insertion) is not supported by this server", param="suffix")
+        if req.best_of is not None and req.best_of != req.n:
+            raise APIError(400, "best_of must equal n: choosing the best of several samples is not supported",
+                           param="best_of")
+        prompts = prompt_list(req.prompt)
+        if isinstance(prompts, str):
+            raise APIError(400, prompts, param="prompt")
+        choices_fit(len(prompts) * req.n)
+        encoded = [await asyncio.to_thread(encode, p) for p in prompts]
+        params = sampling(req, req.max_tokens, 16, [])
+        params.logprobs = req.logprobs
+        if req.echo and req.logprobs is not None:
+            params.prompt_logprobs = req.logprobs
+        texts = [p if isinstance(p, str) else backend.token_text(p) for p in prompts]
+        count = len(prompts) * req.n
+        run = Run(backend, [encoded[k // req.n] for k in range(count)], per_choice(params, req.n, count))
+        run.submit()
+        shape = formats.Completion(backend, f"cmpl-{secrets.token_hex(12)}", int(time.time()), req.echo,
+                                   req.logprobs, [texts[k // req.n] for k in range(count)])
+        prompt_tokens = sum(len(e) for e in encoded)
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
         if req.stream:
-            def chunk(i: int, piece: str | None, finish: str | None, first: bool = False) -> dict | None:
-                if first:
-                    return None
-                return {"id": rid, "object": "text_completion", "created": now, "model": backend.name,
-                        "choices": [{"text": piece or "", "index": i, "logprobs": None, "finish_reason": finish}]}
-            return streaming(prompt, params, req.n, chunk)
-        choices, completion_tokens = [], 0
-        for i in range(req.n):
-            text, finish, n_tokens = await complete(prompt, seeded(params, i))
-            completion_tokens += n_tokens
-            choices.append({"text": text, "index": i, "logprobs": None, "finish_reason": finish})
-        return {"id": rid, "object": "text_completion", "created": now, "model": backend.name, "choices": choices,
-                "usage": _usage(prompt_tokens, completion_tokens)}
+            return sse_response(_stream(run, request, shape, prompt_tokens, include_usage))
+        async for k, ev in run.events(request):
+            shape.add(k, ev)
+        return shape.response(prompt_tokens)
 
     @app.post("/v1/chat/completions", openapi_extra=_body_schema(ChatRequest))
     async def chat_completions(request: Request) -> Any:
         req: ChatRequest = await parse(request, ChatRequest)
         prompt, template_stops = backend.render_chat([m.model_dump() for m in req.messages])
-        prompt_tokens = check_prompt(prompt)
-        params = sampling(req, 128, template_stops)
-        rid, now = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
+        ids = await asyncio.to_thread(encode, prompt)
+        choices_fit(req.n)
+        max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+        params = sampling(req, max_tokens, 128, template_stops)
+        top = req.top_logprobs if req.top_logprobs is not None else 0
+        if req.top_logprobs is not None and not req.logprobs:
+            raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+        params.logprobs = top if req.logprobs else None
+        run = Run(backend, [ids] * req.n, per_choice(params, req.n, req.n))
+        run.submit()
+        shape = formats.Chat(backend, f"chatcmpl-{secrets.token_hex(12)}", int(time.time()), req.logprobs, req.n)
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
         if req.stream:
-            def chunk(i: int, piece: str | None, finish: str | None, first: bool = False) -> dict:
-                delta: dict[str, str] = {"role": "assistant", "content": ""} if first else {}
-                if piece is not None:
-                    delta = {"content": piece}
-                return {"id": rid, "object": "chat.completion.chunk", "created": now, "model": backend.name,
-                        "choices": [{"index": i, "delta": delta, "finish_reason": finish}]}
-            return streaming(prompt, params, req.n, chunk)
-        choices, completion_tokens = [], 0
-        for i in range(req.n):
-            text, finish, n_tokens = await complete(prompt, seeded(params, i))
-            completion_tokens += n_tokens
-            choices.append({"index": i, "message": {"role": "assistant", "content": text},
-                            "finish_reason": finish})
-        return {"id": rid, "object": "chat.completion", "created": now, "model": backend.name, "choices": choices,
-                "usage": _usage(prompt_tokens, completion_tokens)}
+            return sse_response(_stream(run, request, shape, len(ids), include_usage))
+        async for k, ev in run.events(request):
+            shape.add(k, ev)
+        return shape.response(len(ids))
 
+    app.router.on_shutdown.append(backend.close)
     return app
+
+
+async def _stream(run: Run, request: Request, shape: Any, prompt_tokens: int,
+                  include_usage: bool) -> AsyncIterator[bytes]:
+    """The server-sent events of a streamed request, ``[DONE]`` last (also after an error)."""
+    try:
+        for chunk in shape.opening():
+            yield _sse(chunk)
+        async for k, ev in run.events(request):
+            for chunk in shape.stream(k, ev):
+                yield _sse(chunk)
+        if include_usage:
+            yield _sse(shape.usage_chunk(prompt_tokens))
+    except GptforgeError as e:
+        # The status line is already sent: report the problem in OpenAI's error shape.
+        yield _sse({"error": {"message": str(e), "type": "invalid_request_error", "param": None, "code": None}})
+    finally:  # also on client disconnect
+        if run.open:
+            run.cancel()
+    yield b"data: [DONE]\n\n"
 
 
 class _ClosingStreamingResponse(StreamingResponse):
     """A StreamingResponse that closes its generator when the response ends, however it ends.
 
     When a client hangs up mid-stream, Starlette stops iterating but leaves the generator
-    suspended at its ``yield``; its ``finally`` (which frees the generation slot) would then
-    run only when the garbage collector gets to it. Under load that leaked slots until every
-    request queued behind them. Closing it here releases the slot at once.
+    suspended at its ``yield``; its ``finally`` (which cancels the sequences) would then
+    run only when the garbage collector gets to it. Closing it here frees the rows at once.
     """
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
@@ -393,17 +452,17 @@ def _body_schema(schema: type[BaseModel]) -> dict[str, Any]:
                                 ref_template="#/components/schemas/{model}")}}}}
 
 
-def _describe_validation(errors: list[dict[str, Any]]) -> str:
-    parts = []
+def _describe_validation(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
+    """One message for pydantic's errors, and the first field named (OpenAI's ``param``)."""
+    parts, param = [], None
     for err in errors[:5]:
         loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
-        parts.append(f"{loc or 'body'}: {err.get('msg', 'invalid')}")
-    return "invalid request: " + "; ".join(parts)
-
-
-def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+        param = param or loc or None
+        if err.get("type") == "extra_forbidden":
+            parts.append(f"the field {loc!r} is not supported by this server")
+        else:
+            parts.append(f"{loc or 'body'}: {err.get('msg', 'invalid')}")
+    return "invalid request: " + "; ".join(parts), param
 
 
 def _sse(obj: dict[str, Any]) -> bytes:

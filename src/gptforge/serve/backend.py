@@ -1,40 +1,35 @@
-"""The model side of the server: prompts in, text pieces out, on a worker thread.
+"""The model side of the server: prompts in, token events out, through the scheduler.
 
 The HTTP layer (``app.py``) never touches torch. It asks a :class:`Backend` to
-count prompt tokens and to stream a completion; the backend runs the
-generation engine in a worker thread and hands text pieces back to the event
-loop, so a slow model never blocks other requests (health checks, new
-connections, 429 answers). A ``threading.Event`` lets the HTTP layer cancel a
-generation between two tokens when its client goes away.
+encode prompts (in a worker thread: the pure-Python tokenizers are slow on big
+inputs) and to run sequences; the backend's :class:`~gptforge.serve.scheduler.Scheduler`
+owns the model on its own thread and batches every running request into one
+decode step (continuous batching).
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
+from gptforge.errors import GptforgeError
+from gptforge.serve.scheduler import Busy, Event, SamplingParams, Scheduler, Sequence, TokenInfo
 
-@dataclass
-class SamplingParams:
-    """The OpenAI request fields that map onto generation options."""
-
-    max_tokens: int = 16
-    temperature: float = 1.0
-    top_p: float | None = None
-    seed: int | None = None
-    stop: list[str] | None = None
-    frequency_penalty: float = 0.0
-    presence_penalty: float = 0.0
+__all__ = ["Backend", "Busy", "Event", "SamplingParams", "Sequence", "TokenInfo", "ChatInjection"]
 
 
-class Cancelled(Exception):
-    """Raised inside the worker when the client went away."""
+class ChatInjection(GptforgeError):
+    """A chat message holds one of the template's markers (it would start a new turn)."""
 
 
 class Backend:
-    """A loaded model and its tokenizer (and chat template, if the model has one)."""
+    """A loaded model, its tokenizer and chat template, and the scheduler that runs it.
+
+    Args:
+        model: a GPT with ``model.tokenizer``.
+        name: the model id clients use.
+
+    :meth:`start` makes the scheduler (the app does, with its settings).
+    """
 
     def __init__(self, model: Any, name: str) -> None:
         from gptforge.templates import get_template
@@ -44,48 +39,89 @@ class Backend:
         self.name = name
         self.template = get_template(getattr(model, "extra_config", {}) or {})
         self.block_size = model.config.block_size
+        self.vocab_size = model.config.vocab_size
+        self.n_params = model.num_params()
+        self.scheduler: Scheduler | None = None
 
-    def count_prompt_tokens(self, prompt: str) -> int:
-        """Tokens the prompt will take, encoded as generation encodes it.
+    def start(self, max_batch: int = 16, max_queue: int = 64, cache_len: int | None = None,
+              prefill_chunk: int = 128) -> Scheduler:
+        """Start the scheduler thread (see :class:`Scheduler` for the arguments)."""
+        if self.scheduler is None:
+            self.scheduler = Scheduler(self.model, self.tokenizer, max_batch=max_batch, max_queue=max_queue,
+                                       cache_len=cache_len, prefill_chunk=prefill_chunk)
+        return self.scheduler
+
+    # ---- text <-> ids (run in a worker thread by the HTTP layer) ---------------------------
+
+    def encode_prompt(self, prompt: str | list[int]) -> list[int]:
+        """Prompt text (or ids) as generation encodes it; an empty prompt starts from end-of-text.
 
         Raises:
-            GptforgeError: the tokenizer cannot encode it (e.g. an empty prompt and no
-                end-of-text token, or a character outside a char vocabulary).
+            GptforgeError: the tokenizer cannot encode it (an empty prompt and no end-of-text
+                token, a character outside a char vocabulary, an id out of range).
         """
         from gptforge.generate.text import encode_prompt
 
-        return len(encode_prompt(self.tokenizer, prompt))
+        if not isinstance(prompt, str):
+            bad = [i for i in prompt if not 0 <= i < self.vocab_size]
+            if bad:
+                raise GptforgeError(f"token id {bad[0]} is out of range [0, {self.vocab_size})")
+        return encode_prompt(self.tokenizer, prompt)
+
+    def count_prompt_tokens(self, prompt: str) -> int:
+        return len(self.encode_prompt(prompt))
+
+    def tokenize(self, text: str) -> list[int]:
+        """Text -> ids as vLLM's ``/tokenize`` does: special-token strings become their ids."""
+        return self.tokenizer.encode(text, allowed_special="all")
+
+    def token_text(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids)
+
+    def token_bytes(self, ids: list[int]) -> bytes:
+        return self.tokenizer.decode_bytes(ids)
+
+    def eos_token(self) -> str | None:
+        eot = self.tokenizer.eot_id
+        if eot is None:
+            return None
+        for text, i in self.tokenizer.special_tokens.items():
+            if i == eot:
+                return text
+        return self.tokenizer.decode([eot])
+
+    # ---- chat -------------------------------------------------------------------------------
+
+    def markers(self) -> list[str]:
+        """Strings that structure this model's chat prompt (a message may not contain them)."""
+        if self.template is None:
+            return []
+        if self.template.name == "alpaca":
+            return ["### Instruction:", "### Input:", "### Response:", "<|endoftext|>"]
+        return ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>", "<|endoftext|>"]
 
     def render_chat(self, messages: list[dict[str, Any]]) -> tuple[str, list[str]]:
         """The prompt text for a chat and the extra stop strings its template needs.
 
-        A model without a template gets a plain continuation: the message contents
-        joined by blank lines, as ``gptforge chat`` does.
+        A message containing one of the template's markers is refused: with plain-text
+        markers it would otherwise end its own turn and write the next one (an injected
+        ``<|end|>\\n<|assistant|>`` would put words in the assistant's mouth). A model
+        without a template gets a plain continuation: the contents joined by blank lines,
+        as ``gptforge chat`` does.
+
+        Raises:
+            ChatInjection: naming the message and the marker.
         """
+        for i, m in enumerate(messages):
+            for marker in self.markers():
+                if marker in m["content"]:
+                    raise ChatInjection(f"messages[{i}].content contains the chat template marker {marker!r}, "
+                                        "which would start a new turn; remove it")
         if self.template is not None:
             return self.template.render(messages, add_generation_prompt=True), list(self.template.stop_strings)
         return "\n\n".join(m["content"] for m in messages) + "\n\n", []
 
-    def stream(self, prompt: str, params: SamplingParams, cancel: threading.Event) -> Iterator[Any]:
-        """Yield :class:`~gptforge.generate.text.TextChunk` pieces of the completion (the last
-        one carries ``finish_reason`` and the token counts); stops early when ``cancel`` is set."""
-        from gptforge.generate.engine import GenerationConfig
-        from gptforge.generate.text import stream_chunks
-
-        config = GenerationConfig(
-            max_new_tokens=params.max_tokens,
-            temperature=params.temperature,
-            top_p=params.top_p,
-            seed=params.seed,
-            stop_strings=list(params.stop or []) or None,
-            frequency_penalty=params.frequency_penalty,
-            presence_penalty=params.presence_penalty,
-        )
-        chunks = stream_chunks(self.model, self.tokenizer, prompt, config)
-        try:
-            for chunk in chunks:
-                if cancel.is_set():
-                    raise Cancelled()
-                yield chunk
-        finally:
-            chunks.close()
+    def close(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.close()
+            self.scheduler = None

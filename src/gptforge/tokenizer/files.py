@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +70,20 @@ def read_texts(paths: Sequence[str | os.PathLike], errors: str = "strict") -> li
     return [read_text(p, errors) for p in paths]
 
 
+def iter_texts(paths: Sequence[str | os.PathLike], errors: str = "strict") -> Iterator[str]:
+    """Read several text files one at a time, as they are consumed (see :func:`read_text`).
+
+    Missing files and folders are reported before the first file is read, so a long run
+    does not fail at its last input; bad UTF-8 is reported when its file is reached.
+    """
+    if not paths:
+        raise TokenizerError("no input files given; pass at least one text file")
+    for p in paths:
+        if not Path(p).is_file():
+            read_text(p, errors)  # raises the message for a missing file or a folder
+    return (read_text(p, errors) for p in paths)
+
+
 def save_tokenizer(tok: Tokenizer, path: str | os.PathLike) -> Path:
     """Write ``tok`` as ``tokenizer.json`` (``path`` is the file itself, or a folder to hold it).
 
@@ -82,7 +96,10 @@ def save_tokenizer(tok: Tokenizer, path: str | os.PathLike) -> Path:
     if path.suffix != ".json":
         path = path / TOKENIZER_FILE
     try:
-        write_json(path, {"format_version": FORMAT_VERSION, **tok.to_dict()})
+        # A gpt2 tokenizer carries its tables too (the fingerprint, from to_dict, does not
+        # change): a model dir copied to a machine without ~/.cache/gptforge/gpt2/ still loads.
+        tables = tok.tables() if tok.kind == "gpt2" and hasattr(tok, "tables") else {}
+        write_json(path, {"format_version": FORMAT_VERSION, **tok.to_dict(), **tables})
     except OSError as e:
         raise TokenizerError(
             f"cannot write {path}: {e.strerror or e}; choose an output folder you can write to"
@@ -137,8 +154,16 @@ def tokenizer_from_dict(obj: dict[str, Any], source: str = "tokenizer.json") -> 
 def _load_gpt2(obj: dict[str, Any] | None = None, fast: bool = True) -> Tokenizer:
     from gptforge.tokenizer.gpt2 import GPT2Tokenizer
 
-    tok = GPT2Tokenizer(fast=fast)
     want = (obj or {}).get("tables_sha256")
+    if obj and "encoder" in obj and "merges" in obj:  # the tables travel with the file: no cache needed
+        tok = GPT2Tokenizer.from_tables(obj["encoder"], obj["merges"], fast=fast, source="tokenizer.json")
+        if want and want != tok.to_dict()["tables_sha256"]:
+            raise TokenizerError(
+                "the GPT-2 tables in this tokenizer.json do not match its tables_sha256; the file is "
+                "damaged, copy it again"
+            )
+        return tok
+    tok = GPT2Tokenizer(fast=fast)
     if want and want != tok.to_dict()["tables_sha256"]:
         logger.warning(
             "the GPT-2 files found differ from the ones this tokenizer.json was saved with"

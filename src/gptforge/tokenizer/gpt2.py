@@ -121,7 +121,6 @@ def _read_tables(
         ``id -> bytes``, ``(left, right) -> merged id``, the ``<|endoftext|>`` id (or None),
         and a sha256 of both tables (it goes into the fingerprint).
     """
-    byte_of = {ch: b for b, ch in bytes_to_unicode().items()}
     try:
         encoder: dict[str, int] = json.loads(Path(encoder_path).read_text(encoding="utf-8"))
         merge_lines = Path(vocab_path).read_text(encoding="utf-8").split("\n")
@@ -129,6 +128,20 @@ def _read_tables(
         raise TokenizerError(
             f"cannot read the GPT-2 files {encoder_path}, {vocab_path}: {e}; download them again"
         ) from None
+    return parse_tables(encoder, merge_lines[1:], encoder_path, vocab_path)
+
+
+def parse_tables(
+    encoder: dict[str, int], merge_lines: list[str], encoder_name: str = "encoder.json",
+    merges_name: str = "vocab.bpe",
+) -> tuple[list[bytes], dict[tuple[int, int], int], int | None, str]:
+    """The tables of :func:`_read_tables` from the files' content: ``encoder`` (GPT-2's
+    printable token strings -> ids) and the merge lines ``"left right"`` in order (no
+    ``#version`` header). The names are for error messages only."""
+    encoder_path, vocab_path = encoder_name, merges_name
+    if not isinstance(encoder, dict) or not isinstance(merge_lines, list):
+        raise TokenizerError(f"{encoder_path} / {vocab_path}: not a GPT-2 encoder and merge list")
+    byte_of = {ch: b for b, ch in bytes_to_unicode().items()}
     special = encoder.get(ENDOFTEXT)
     token_bytes: list[bytes] = [b""] * len(encoder)
     try:
@@ -143,8 +156,8 @@ def _read_tables(
         token_bytes[special] = ENDOFTEXT.encode()
     merges: dict[tuple[int, int], int] = {}
     last = -1
-    # line 0 is a "#version" header; empty lines (the trailing newline) are skipped
-    for line in merge_lines[1:]:
+    # empty lines (the trailing newline) are skipped
+    for line in merge_lines:
         if not line:
             continue
         try:
@@ -193,14 +206,48 @@ class GPT2Tokenizer(Tokenizer):
         for p in (enc, voc):
             if not p.is_file():
                 raise TokenizerError(f"GPT-2 tokenizer file not found: {p}")
-        self._token_bytes, self._merges, eot, self._tables_sha256 = _read_tables(
-            str(enc), str(voc), (enc.stat().st_mtime, voc.stat().st_mtime)
-        )
+        self._set_tables(*_read_tables(str(enc), str(voc), (enc.stat().st_mtime, voc.stat().st_mtime)))
+        self.fast = fast
+
+    @classmethod
+    def from_tables(cls, encoder: dict[str, int], merges: list[str], fast: bool = True,
+                    source: str = "tokenizer tables") -> GPT2Tokenizer:
+        """Build from the tables in memory (:meth:`tables`), no files: a model dir's
+        ``tokenizer.json`` carries them, and a Hugging Face ``tokenizer.json`` holds them.
+
+        Raises:
+            TokenizerError: the tables are not a GPT-2 style byte-level BPE.
+        """
+        tok = cls.__new__(cls)
+        tok._set_tables(*parse_tables(encoder, merges, source, source))
+        tok.fast = fast
+        return tok
+
+    def tables(self) -> dict[str, Any]:
+        """``{"encoder": {token string: id}, "merges": ["left right", ...]}``: the content of
+        ``encoder.json`` and ``vocab.bpe`` (less its header), which :meth:`from_tables` reads.
+        Built once per tokenizer (every checkpoint's tokenizer.json holds them)."""
+        if getattr(self, "_tables", None) is not None:
+            return self._tables
+        uni = bytes_to_unicode()
+        special_ids = set(self.special_tokens.values())
+
+        def text(i: int) -> str:
+            return ENDOFTEXT if i in special_ids else "".join(uni[b] for b in self._token_bytes[i])
+
+        encoder = {text(i): i for i in range(len(self._token_bytes))}
+        merges = [f"{text(a)} {text(b)}" for (a, b), _ in sorted(self._merges.items(), key=lambda kv: kv[1])]
+        self._tables = {"encoder": encoder, "merges": merges}
+        return self._tables
+
+    def _set_tables(
+        self, token_bytes: list[bytes], merges: dict[tuple[int, int], int], eot: int | None, sha: str
+    ) -> None:
+        self._token_bytes, self._merges, self._tables_sha256 = token_bytes, merges, sha
         self.special_tokens = {ENDOFTEXT: eot} if eot is not None else {}
         self._byte_ids = self._initial_byte_ids()
         self._pattern = regex.compile(GPT2_PATTERN)
         self._cache: dict[str, list[int]] = {}
-        self.fast = fast
         self._tiktoken: Any = None
 
     def _initial_byte_ids(self) -> list[int]:

@@ -42,7 +42,7 @@ from gptforge.io import (
     torch_load_safe,
     write_json,
 )
-from gptforge.model.loading import save_model, strip_wrapper_prefixes, unwrap_model
+from gptforge.model.loading import fill_tied, save_model, strip_wrapper_prefixes, unwrap_model
 
 logger = logging.getLogger(__name__)
 
@@ -250,10 +250,8 @@ def find_resume_checkpoint(run_dir: str | Path) -> tuple[Path, dict[str, Any]]:
 def load_checkpoint_weights(path: str | Path, model: torch.nn.Module) -> None:
     """Load ``model.safetensors`` into ``model`` in place (the tied LM head is shared, not stored)."""
     model = unwrap_model(model)
-    state = strip_wrapper_prefixes(load_safetensors(Path(path) / "model.safetensors"))
+    state = fill_tied(strip_wrapper_prefixes(load_safetensors(Path(path) / "model.safetensors")), model)
     expected = model.state_dict()
-    if getattr(model.config, "tie_weights", False):
-        state.setdefault("lm_head.weight", state.get("transformer.wte.weight"))
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     if missing or unexpected:

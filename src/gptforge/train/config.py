@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from gptforge.config import apply, cfg_field, to_dict
+from gptforge.config import apply, cfg_field, nonfinite_fields, to_dict
 from gptforge.errors import ConfigError
 from gptforge.model.config import PRESETS, GPTConfig
 
@@ -68,6 +68,10 @@ class TrainConfig:
         "auto", "auto = bf16 on GPUs that have it, fp16 (+grad scaler) on older GPUs, fp32 on CPU/MPS"
     )
     compile: bool = cfg_field(False, "torch.compile the model (turned off with a warning where unsupported)")
+    activation_checkpointing: bool = cfg_field(
+        False, "recompute each block's activations in backward instead of keeping them (less memory, ~1/3 more compute)"
+    )
+    tf32: bool = cfg_field(True, "CUDA: TF32 matmuls for fp32 work unless train.precision is fp32 (strict fp32 then)")
     device: str = cfg_field("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
     on_nan: Literal["stop", "skip"] = cfg_field(
         "stop", "on a NaN/inf loss: stop (keeping the last good checkpoint) or skip that step"
@@ -78,7 +82,7 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
-        problems = []
+        problems = nonfinite_fields(self, "train")  # NaN passes every `x < 0` check below
         for name in ("batch_size", "grad_accum", "max_steps", "eval_iters", "keep_last"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
@@ -108,6 +112,19 @@ class TrainConfig:
             problems.append(f"train.time_budget_s must be positive or None, got {self.time_budget_s!r}")
         if problems:
             raise ConfigError("\n".join(problems))
+
+    def schedule_warnings(self) -> list[str]:
+        """Settings that are allowed but almost certainly not meant, with the numbers."""
+        out = []
+        if self.schedule != "constant" and self.warmup_steps > 0 and self.warmup_steps >= self.decay_steps:
+            out.append(f"train.warmup_steps ({self.warmup_steps}) >= the decay end ({self.decay_steps}, "
+                       f"train.lr_decay_steps or train.max_steps): the lr drops from {self.lr:g} to "
+                       f"train.min_lr ({self.min_lr:g}) when the warmup ends, with no decay")
+        if self.max_steps < self.warmup_steps:
+            out.append(f"train.max_steps ({self.max_steps}) < train.warmup_steps ({self.warmup_steps}): "
+                       f"the run ends during the warmup, at lr {self.lr * self.max_steps / (self.warmup_steps + 1):.3g} "
+                       f"of {self.lr:g}")
+        return out
 
     @property
     def decay_steps(self) -> int:

@@ -17,6 +17,7 @@ import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -126,3 +127,14 @@ class DevicePlan:
 def plan_device(device_spec: str, precision: str, local_rank: int = 0) -> DevicePlan:
     device = resolve_device(device_spec, local_rank)
     return DevicePlan(device=device, precision=resolve_precision(precision, device))
+
+
+def enable_tf32(device: torch.device, train_cfg: Any) -> bool:
+    """TF32 tensor-core matmuls for the fp32 work on CUDA (the optimizer, fp32 layers under
+    autocast), unless the user asked for strict fp32 (``train.precision fp32``) or turned
+    ``train.tf32`` off. Returns whether it was turned on. (A process-wide PyTorch setting.)"""
+    if device.type != "cuda" or not getattr(train_cfg, "tf32", True) or train_cfg.precision == "fp32":
+        return False
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    return True

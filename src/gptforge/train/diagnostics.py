@@ -25,13 +25,13 @@ JSON lists (``counts`` over ``bins`` equal-width bins between ``lo`` and
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from gptforge.io import json_line
 from gptforge.train.loop import TrainHooks
 
 logger = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ class Diagnostics(TrainHooks):
 
     def _write(self, record: dict[str, Any]) -> None:
         with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json_line(record) + "\n")  # NaN/inf as null + "not_finite"
 
     def _truncate(self, after_step: int) -> None:
         if self.path.is_file():

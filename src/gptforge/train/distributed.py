@@ -127,6 +127,41 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
+@contextlib.contextmanager
+def process_group(device: torch.device):  # noqa: ANN201 - a context manager
+    """Own the process group for a block: join it (under torchrun) on entry, leave it on exit,
+    whatever the block raised (a constructor error no longer leaks it)."""
+    owned = init(device)
+    try:
+        yield owned
+    finally:
+        if owned:
+            shutdown()
+
+
+def decided_on_main(check: Any) -> None:
+    """Run ``check()`` on rank 0 only and raise its GptforgeError on every rank.
+
+    Why: a check of the run dir (it exists, pass --overwrite) raised on rank 0 alone left
+    the other ranks waiting at the next barrier forever.
+    """
+    from gptforge.errors import GptforgeError
+
+    problem: list[Any] = [None]
+    if is_main():
+        try:
+            check()
+        except GptforgeError as e:
+            problem = [(type(e), str(e))]
+    if _active():
+        import torch.distributed as dist
+
+        dist.broadcast_object_list(problem, src=0)
+    if problem[0] is not None:
+        kind, message = problem[0]
+        raise kind(message)
+
+
 def wrap_model(model: torch.nn.Module, mode: str, device: torch.device) -> torch.nn.Module:
     """The module to run forward/backward through: ``model`` itself, DDP(model) or FSDP-sharded.
 

@@ -21,6 +21,7 @@ Extension points for what other parts add (distributed wrappers, diagnostics):
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import random
@@ -35,15 +36,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from gptforge.errors import DataError, GptforgeError
+from gptforge.errors import ConfigError, DataError, GptforgeError
 from gptforge.io import atomic_dir
-from gptforge.model.gpt import GPT
+from gptforge.model.loading import unwrap_model
 from gptforge.train import checkpoint as ckpt
 from gptforge.train import distributed as dist
 from gptforge.train import sinks as _sinks  # noqa: F401  (registers the TensorBoard and W&B sinks)
-from gptforge.train.config import RunConfig, effective_grad_accum, model_changes
-from gptforge.train.device import make_grad_scaler, maybe_compile, plan_device
-from gptforge.train.evaluate import estimate_loss
+from gptforge.train.config import RunConfig, effective_grad_accum, model_changes, run_config_to_dict
+from gptforge.train.device import enable_tf32, make_grad_scaler, maybe_compile, plan_device
 from gptforge.train.metrics import (
     METRICS_FILE,
     MetricsLogger,
@@ -52,7 +52,13 @@ from gptforge.train.metrics import (
     truncate_metrics,
 )
 from gptforge.train.optim import build_optimizer, set_lr
-from gptforge.train.rundir import start_new_run, write_run_config
+from gptforge.train.rundir import (
+    check_new_run,
+    discard_replaced,
+    restore_replaced,
+    start_new_run,
+    write_run_config,
+)
 from gptforge.train.schedule import lr_at
 
 logger = logging.getLogger(__name__)
@@ -135,20 +141,22 @@ def optimizer_step(
     micro_step_context: Callable[[int], contextlib.AbstractContextManager] | None = None,
     after_backward: Callable[[], None] | None = None,
     reduce_loss: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    loss_fn: Callable[[torch.nn.Module, Any], torch.Tensor] | None = None,
 ) -> tuple[float, float | None]:
     """One optimizer step over ``grad_accum`` micro-batches; returns (mean loss, grad norm or None).
 
-    ``model(x, y)`` must return ``(logits, loss)``. A non-finite loss leaves the
+    ``model(x, y)`` must return ``(logits, loss)``, or ``loss_fn(model, batch)`` gives the
+    loss of a batch (a fine-tuning task's). A non-finite loss leaves the
     weights untouched (gradients dropped, no optimizer step) and is returned for
     the caller to stop or skip. The benchmarks time other models through this
     same function.
     """
     loss_sum = None
     for micro in range(grad_accum):
-        x, y = next_batch()
+        batch = next_batch()
         with micro_step_context(micro) if micro_step_context else contextlib.nullcontext():
             with autocast():
-                _, loss = model(x, y)
+                loss = loss_fn(model, batch) if loss_fn is not None else model(*batch)[1]
             loss = loss / grad_accum  # the mean over the accumulated batch
             loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
             (scaler.scale(loss) if scaler is not None else loss).backward()
@@ -179,95 +187,186 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+class TrainState:
+    """The loop's own counters: step, tokens seen, best val loss (and the step it was at), last eval.
+
+    One of the checkpoint's parts (with the loader, optimizer, scaler, RNG and config), each
+    with ``state_dict()`` / ``load_state_dict()`` (torchtitan's ``Stateful`` pattern).
+    """
+
+    def __init__(self) -> None:
+        self.step, self.tokens = 0, 0
+        self.best_val_loss: float | None = None
+        self.best_step: int | None = None
+        self.last_eval: dict[str, float] | None = None
+        self.last_eval_step: int | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        at_eval = self.last_eval_step == self.step and self.last_eval is not None
+        return {"step": self.step, "tokens": self.tokens, "best_val_loss": self.best_val_loss,
+                "best_step": self.best_step,
+                "train_loss": self.last_eval.get("train") if at_eval else None,
+                "val_loss": self.last_eval.get("val") if at_eval else None}  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step, self.tokens = int(state["step"]), int(state["tokens"])
+        self.best_val_loss, self.best_step = state.get("best_val_loss"), state.get("best_step")
+        if state.get("val_loss") is not None:
+            self.last_eval = {"train": state.get("train_loss"), "val": state["val_loss"]}
+            self.last_eval_step = self.step
+
+
 class Trainer:
-    """Holds a run's state; :meth:`run` trains. Build it with :func:`train`."""
+    """Holds a run's state; :meth:`run` trains. Build it with :func:`train`.
+
+    ``task`` (see :mod:`gptforge.train.tasks`) supplies the model, batches and loss: by
+    default :class:`~gptforge.train.tasks.PretrainTask` on ``cfg.data.dir``; fine-tuning
+    passes an :class:`~gptforge.train.tasks.ExamplesTask`.
+    """
 
     def __init__(
         self, cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
-        hooks: list[TrainHooks] | tuple[TrainHooks, ...] = (),
+        hooks: list[TrainHooks] | tuple[TrainHooks, ...] = (), task: Any = None,
+        resume_from: str | Path | None = None,
     ) -> None:
-        from gptforge.data.loader import BatchLoader
-        from gptforge.data.shards import open_dataset
-        from gptforge.train.diagnostics import diagnostics_hooks
-
         self.run_dir = Path(run_dir)
+        self.replaced: Path | None = None  # the run --overwrite moved aside, until the first checkpoint
         self.hooks = list(hooks)
+        self._init_process(cfg)
+        self.task = task if task is not None else self._pretrain_task(cfg)
+        self.tokenizer = self.task.tokenizer
+        self.cfg = self._resolve_config(cfg)
+        self.hooks.extend(self._diagnostics_hooks())
+        checkpoint = self._find_checkpoint(resume, resume_from, overwrite)
+        self._build_model()
+        self._build_optimizer()
+        self.loader = self.task.loader(self.rank, self.world_size, self.device)
+        self._check_eval()
+        self._open_run_dir(resume, overwrite)
+        self.state = TrainState()
+        self._step_tokens = 0
+        self.last_ckpt: Path | None = None
+        self.last_ckpt_step: int | None = None
+        if checkpoint is not None:
+            self._restore(*checkpoint)
+        if self.is_main:
+            write_run_config(self.run_dir, self.cfg)
+        self._wrap_model()
+
+    # ------------------------------------------------------------------ start-up, one step each
+    def _init_process(self, cfg: RunConfig) -> None:
+        """Rank, device plan and distributed mode; joins the process group if nobody did."""
         self.rank, self.world_size, self.is_main = dist.rank(), dist.world_size(), dist.is_main()
         self.plan = plan_device(cfg.train.device, cfg.train.precision, dist.local_rank())
         self.device = self.plan.device
         self.distributed = dist.resolve_mode(cfg.train.distributed, self.world_size)
-        self.owns_process_group = dist.init(self.device)
-        if cfg.data.dir is None:
-            raise DataError("no dataset given; pass --data DIR (made by `gptforge prepare`) or set data.dir")
-        self.dataset = open_dataset(cfg.data.dir)
-        self.tokenizer = self.dataset.load_tokenizer()
-        cfg = self._fit_model_to_data(cfg)
+        self.owns_process_group = dist.init(self.device)  # False under train()'s process_group()
+        enable_tf32(self.device, cfg.train)
+
+    def _pretrain_task(self, cfg: RunConfig) -> Any:
+        from gptforge.train.tasks import PretrainTask
+
+        return PretrainTask(cfg)
+
+    def _resolve_config(self, cfg: RunConfig) -> RunConfig:
+        """The vocabulary from the data (pretraining); micro-batches per step; tokens per step."""
+        dataset = getattr(self.task, "dataset", None)
+        if dataset is not None:
+            cfg = self._fit_model_to_data(cfg, dataset)
+            self.task.cfg = cfg
         self.grad_accum = effective_grad_accum(cfg.train, cfg.model.block_size, self.world_size)
-        self.tokens_per_step = cfg.train.batch_size * cfg.model.block_size * self.grad_accum * self.world_size
-        self.cfg = cfg
-        self.hooks.extend(diagnostics_hooks(cfg.log, self.run_dir, self.is_main))
+        # fixed for pretraining; fine-tuning batches vary, so they are counted instead (None)
+        self.tokens_per_step = (cfg.train.batch_size * cfg.model.block_size * self.grad_accum * self.world_size
+                                if dataset is not None else None)  # fmt: skip
+        return cfg
 
-        resume_from: tuple[Path, dict[str, Any]] | None = None
-        if resume:
-            resume_from = ckpt.find_resume_checkpoint(self.run_dir)
-            self._check_resumable(*resume_from)
-        elif self.is_main and self.run_dir.exists() and not overwrite:
-            start_new_run(self.run_dir, overwrite)  # refuses an existing run now, before any work
+    def _diagnostics_hooks(self) -> list[TrainHooks]:
+        from gptforge.train.diagnostics import diagnostics_hooks
 
-        seed_everything(cfg.train.seed)  # the same initial weights on every rank
-        self.model = GPT(cfg.model).to(self.device)
-        self.model.tokenizer = self.tokenizer
-        self.optimizer = build_optimizer(self.model, cfg.train, self.device)
-        self.scaler = make_grad_scaler(self.device, self.plan.precision)
-        self.loader = BatchLoader(
-            self.dataset, "train", cfg.train.batch_size, cfg.model.block_size, cfg.data.mode,
-            cfg.train.seed, self.rank, self.world_size, self.device,
-        )
-        self.eval_splits = [s for s in ("train", "val") if self.dataset.has_split(s)]
-        for split in self.eval_splits:  # fail now, not at the first evaluation
-            self._eval_loader(split)
-        if not resume and self.is_main:  # only once every check passed: a refused run leaves no dir behind
-            start_new_run(self.run_dir, overwrite)
-        dist.barrier()
-        torch.manual_seed(cfg.train.seed + self.rank)  # dropout differs per rank
+        return diagnostics_hooks(self.cfg.log, self.run_dir, self.is_main)
 
-        self.step, self.tokens = 0, 0
-        self.best_val_loss: float | None = None
-        self.last_eval: dict[str, float] | None = None
-        self.last_eval_step: int | None = None
-        self.last_ckpt: Path | None = None
-        self.last_ckpt_step: int | None = None
+    def _find_checkpoint(self, resume: bool, resume_from: str | Path | None,
+                         overwrite: bool) -> tuple[Path, dict[str, Any]] | None:  # fmt: skip
+        """The checkpoint to continue from (checked against this run), or None for a new run."""
         if resume_from is not None:
-            self._restore(*resume_from)
-        if self.is_main:
-            write_run_config(self.run_dir, cfg)
-        self.train_model = self.wrap_model(maybe_compile(self.model, cfg.train.compile, self.device))
+            path = Path(resume_from)
+            found = (path, ckpt.verify_checkpoint(path))
+        elif resume:
+            found = ckpt.find_resume_checkpoint(self.run_dir)
+        else:
+            def refuse_existing() -> None:  # refused now, before any work; rank 0 decides for all
+                # an existing run, or a folder --overwrite may not replace
+                check_new_run(self.run_dir, overwrite, protect=(self.cfg.data.dir,))
+
+            dist.decided_on_main(refuse_existing)
+            return None
+        self._check_resumable(*found)
+        return found
+
+    def _build_model(self) -> None:
+        seed_everything(self.cfg.train.seed)  # the same initial weights on every rank
+        self.model = self.task.model(self.device)
+        self.model.tokenizer = self.tokenizer
+        if self.cfg.train.activation_checkpointing:
+            unwrap_model(self.model).activation_checkpointing = True
+        if not any(p.requires_grad for p in self.model.parameters()):
+            raise ConfigError("nothing to train: every parameter of the model is frozen")
+
+    def _build_optimizer(self) -> None:
+        self.optimizer = build_optimizer(self.model, self.cfg.train, self.device)
+        self.scaler = make_grad_scaler(self.device, self.plan.precision)
+
+    def _check_eval(self) -> None:
+        """Open the evaluation data now (pretraining), so a problem fails here, not at the first eval."""
+        if isinstance(self.task, _pretrain_task_type()):
+            for split in self.task.eval_splits:
+                self.task.eval_loader(split, self.rank, self.world_size, self.device)
+
+    def _open_run_dir(self, resume: bool, overwrite: bool) -> None:
+        """Create the run dir once every check passed (a refused run leaves none behind)."""
+        if not resume and self.is_main:
+            self.replaced = start_new_run(self.run_dir, overwrite, protect=(self.cfg.data.dir,))
+        if self.is_main:  # once every check passed: a refused run prints its one error line only
+            for warning in self.cfg.train.schedule_warnings():
+                logger.warning(warning)
+        dist.barrier()
+        torch.manual_seed(self.cfg.train.seed + self.rank)  # dropout differs per rank
+
+    def _wrap_model(self) -> None:
+        """The module forward/backward run through: compiled, then DDP/FSDP-wrapped. A task
+        with its own loss (fine-tuning) runs it as the forward of :class:`LossForward`, since
+        DDP reduces the gradients of what ran through its forward (not of the model's other methods)."""
+        inner = maybe_compile(self.model, self.cfg.train.compile, self.device)
+        own_loss = not hasattr(self.task, "dataset")  # pretraining's loss is the model's forward
+        if own_loss:
+            inner = LossForward(inner, self.task.loss)
+        self._loss_fn = _call_with_batch if own_loss else self.task.loss
+        self._eval_model = self.model if own_loss else None
+        self.train_model = self.wrap_model(inner)
         self.autocast = self.plan.autocast
         self.flops_per_token, self.peak_flops = self._mfu_inputs()
 
+    # the counters live in self.state; these names read as before
+    step = property(lambda self: self.state.step, lambda self, v: setattr(self.state, "step", v))
+    tokens = property(lambda self: self.state.tokens, lambda self, v: setattr(self.state, "tokens", v))
+    best_val_loss = property(lambda self: self.state.best_val_loss)
+    last_eval = property(lambda self: self.state.last_eval)
+    last_eval_step = property(lambda self: self.state.last_eval_step)
+
     # ------------------------------------------------------------------ set-up helpers
-    def _fit_model_to_data(self, cfg: RunConfig) -> RunConfig:
+    def _fit_model_to_data(self, cfg: RunConfig, dataset: Any) -> RunConfig:
         """Take the vocabulary size from the dataset; refuse a vocabulary or context that cannot fit."""
         from gptforge.config import apply
 
-        vocab = self.dataset.vocab_size
+        vocab = dataset.vocab_size
         if cfg.model.vocab_size is None:
             cfg = apply(cfg, {"model.vocab_size": vocab}, source="dataset")
         elif cfg.model.vocab_size < vocab:
             raise DataError(
                 f"model.vocab_size {cfg.model.vocab_size} is smaller than the dataset's vocabulary "
-                f"({vocab}, {self.dataset.path}); leave model.vocab_size unset to take it from the data"
+                f"({vocab}, {dataset.path}); leave model.vocab_size unset to take it from the data"
             )
         return cfg
-
-    def _eval_loader(self, split: str) -> Any:
-        from gptforge.data.loader import BatchLoader
-
-        # A fixed seed of its own: the same eval batches every time, the training stream untouched.
-        return BatchLoader(
-            self.dataset, split, self.cfg.train.batch_size, self.cfg.model.block_size, "random",
-            self.cfg.train.seed + 1000 + (split == "val"), self.rank, self.world_size, self.device,
-        )
 
     def _check_resumable(self, path: Path, state: dict[str, Any]) -> None:
         from gptforge.config import from_dict
@@ -281,9 +380,12 @@ class Trainer:
                 f"cannot resume {self.run_dir}: the model shape would change ({'; '.join(changes)}); "
                 "drop those flags, or start a new run with --out"
             )
-        fp = state.get("tokenizer_fingerprint")
-        if fp is not None:
-            self.dataset.check_compatible(fp)
+        self.task.check_resume(state)
+
+    def checkpoint_parts(self) -> dict[str, Any]:
+        """What a checkpoint holds besides the weights, by owner; each has state_dict/load_state_dict."""
+        return {"train_state": self.state, "data": self.loader, "optimizer": self.optimizer,
+                "scaler": self.scaler, "rng": _RNG}  # fmt: skip
 
     def _restore(self, path: Path, state: dict[str, Any]) -> None:
         ckpt.load_checkpoint_weights(path, self.model)
@@ -293,18 +395,39 @@ class Trainer:
         own = dist.state_for_rank(state, self.rank, self.world_size)  # each rank's data position and RNG
         self.loader.load_state_dict(own["data"])
         ckpt.set_rng_state(own["rng"])
-        self.step, self.tokens = int(state["step"]), int(state["tokens"])
-        self.best_val_loss = state.get("best_val_loss")
+        self.state.load_state_dict(state)
         self.last_ckpt, self.last_ckpt_step = path, self.step
-        if state.get("val_loss") is not None:
-            self.last_eval = {"train": state.get("train_loss"), "val": state["val_loss"]}
-            self.last_eval_step = self.step
+        self._note_config_changes(state)
         if self.is_main:
             dropped = truncate_metrics(self.run_dir / METRICS_FILE, self.step)
             if dropped:
                 logger.info("dropped %d metrics lines after step %d (they are re-run)", dropped, self.step)
         logger.info("resuming %s from %s (step %d, %s tokens)", self.run_dir, path.name, self.step,
                     f"{self.tokens:,}")
+
+    def _note_config_changes(self, state: dict[str, Any]) -> None:
+        """Warn when a resume changes more than the step budget (the saved config travels in
+        each checkpoint); the change is recorded in metrics.jsonl at this step."""
+
+        saved = state.get("run_config")
+        self.config_changes: dict[str, Any] = {}
+        if not isinstance(saved, dict):
+            return
+        now = json.loads(json.dumps(run_config_to_dict(self.cfg), default=str))
+        budget = {"train.max_steps", "train.time_budget_s"}
+        for section in sorted(set(saved) | set(now)):
+            a, b = saved.get(section), now.get(section)
+            if isinstance(a, dict) and isinstance(b, dict):
+                for key in sorted(set(a) | set(b)):
+                    if a.get(key) != b.get(key):
+                        self.config_changes[f"{section}.{key}"] = [a.get(key), b.get(key)]
+            elif a != b:
+                self.config_changes[section] = [a, b]
+        others = sorted(k for k in self.config_changes if k not in budget)
+        if others:
+            logger.warning("resuming with a changed config: %s (was -> now: %s)", ", ".join(others),
+                           "; ".join(f"{k} {self.config_changes[k][0]} -> {self.config_changes[k][1]}"
+                                     for k in others))  # fmt: skip
 
     def _mfu_inputs(self) -> tuple[float, float | None]:
         from gptforge.model.accounting import flops_per_token, peak_flops
@@ -341,22 +464,26 @@ class Trainer:
                 hook.after_backward(self)
 
         return optimizer_step(
-            self.train_model, self.optimizer, self.loader.next_batch, self.grad_accum, self.autocast,
+            self.train_model, self.optimizer, self._next_batch, self.grad_accum, self.autocast,
             self.scaler, self.cfg.train.grad_clip, self.micro_step_context, after_backward,
-            dist.mean_across_ranks,
+            dist.mean_across_ranks, loss_fn=self._loss_fn,
         )
+
+    def _next_batch(self) -> Any:
+        batch = self.loader.next_batch()
+        if self.tokens_per_step is None:
+            self._step_tokens += self.task.batch_tokens(batch) * self.world_size
+        return batch
 
     # ------------------------------------------------------------------ evaluation and saving
     def evaluate(self) -> dict[str, float]:
-        def make(split: str) -> Any:
-            return self._eval_loader(split).next_batch
-
-        losses = estimate_loss(self.train_model, make, self.eval_splits, self.cfg.train.eval_iters, self.autocast)
+        model = self._eval_model if self._eval_model is not None else self.train_model
+        losses = self.task.evaluate(model, self.autocast, self.rank, self.world_size, self.device)
         losses = dist.mean_dict_across_ranks(losses, self.device)
-        self.last_eval, self.last_eval_step = losses, self.step
+        self.state.last_eval, self.state.last_eval_step = losses, self.step
         val = losses.get("val")
         if val is not None and math.isfinite(val) and (self.best_val_loss is None or val < self.best_val_loss):
-            self.best_val_loss = val
+            self.state.best_val_loss, self.state.best_step = val, self.step
         return losses
 
     def save_checkpoint(self) -> Path | None:
@@ -372,22 +499,24 @@ class Trainer:
     def _write_checkpoint(self, ranks: list[dict[str, Any]] | None, model: Any, optimizer: Any) -> Path | None:
         if not self.is_main:
             return None
-        at_eval = self.last_eval_step == self.step and self.last_eval is not None
+
         state = {
-            "tokens": self.tokens,
+            **self.state.state_dict(),
             "data": self.loader.state_dict(),
-            "best_val_loss": self.best_val_loss,
-            "train_loss": self.last_eval.get("train") if at_eval else None,
-            "val_loss": self.last_eval.get("val") if at_eval else None,
-            "tokenizer_fingerprint": self.dataset.tokenizer_fingerprint,
+            **self.task.checkpoint_state(),
             "grad_scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "run_config": json.loads(json.dumps(run_config_to_dict(self.cfg), default=str)),  # it travels
             **({"ranks": ranks} if self.world_size > 1 else {}),
         }
+        state.pop("step")  # save_checkpoint writes it
         path = ckpt.save_checkpoint(
             self.run_dir, self.step, model, optimizer, self.tokenizer, state,
             extra_config=self._extra_config(), keep_last=self.cfg.train.keep_last,
         )
         self.last_ckpt, self.last_ckpt_step = path, self.step
+        if self.replaced is not None:  # the new run has a checkpoint: the old one may go now
+            discard_replaced(self.replaced)
+            self.replaced = None
         return path
 
     def save_final(self) -> Path | None:
@@ -402,8 +531,12 @@ class Trainer:
         return final
 
     def _extra_config(self) -> dict[str, Any]:
-        return {"training": {"step": self.step, "tokens": self.tokens, "val_loss": self.best_val_loss,
-                             "preset": self.cfg.preset, "data": str(self.cfg.data.dir)}}
+        at_eval = self.last_eval_step == self.step and self.last_eval is not None
+        return {**self.task.extra_config(),
+                "training": {"step": self.step, "tokens": self.tokens,
+                             "val_loss": self.last_eval.get("val") if at_eval else None,
+                             "best_val_loss": self.best_val_loss, "best_step": self.state.best_step,
+                             "preset": self.cfg.preset, "data": str(self.cfg.data.dir)}}  # fmt: skip
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> TrainResult:
@@ -426,76 +559,34 @@ class Trainer:
 
     def _run(self) -> TrainResult:
         t, log_cfg = self.cfg.train, self.cfg.log
-        metrics = MetricsLogger(self.run_dir if self.is_main else None, log_cfg)
-        progress = Progress(t.max_steps, self.step, log_cfg.progress and self.is_main)
-        throughput = Throughput()
+        self._metrics = MetricsLogger(self.run_dir if self.is_main else None, log_cfg)
+        self._progress = Progress(t.max_steps, self.step, log_cfg.progress and self.is_main)
+        self._throughput = Throughput()
+        self._skipped_in_a_row = 0
         self.train_model.train()
         for hook in self.hooks:
             hook.on_start(self)
-        start = time.perf_counter()
-        start_tokens = self.tokens
-        stopped, skipped_in_a_row = "done", 0
+        self._start, start_tokens = time.perf_counter(), self.tokens
+        self._log_config_changes()
+        stopped, final_dir = "done", None
         try:
             with _StopFlag() as stop:
                 while self.step < t.max_steps:
-                    lr = lr_at(self.step, t)
-                    set_lr(self.optimizer, lr)  # each group at lr x its lr_scale
-                    loss, norm = self.train_step()
-                    self.step += 1
-                    self.tokens += self.tokens_per_step
-                    throughput.add(self.tokens_per_step)
-                    if not math.isfinite(loss):
-                        skipped_in_a_row += 1
-                        self._on_bad_loss(loss, skipped_in_a_row)
-                    else:
-                        skipped_in_a_row = 0
-                    record = None
-                    if self.step % log_cfg.interval == 0 or self.step == t.max_steps:
-                        rate = throughput.rate()
-                        mfu = (rate * self.flops_per_token / self.world_size / self.peak_flops
-                               if self.peak_flops else None)
-                        record = {"step": self.step, "tokens": self.tokens, "loss": loss, "lr": lr,
-                                  "tokens_per_s": rate, "time_s": time.perf_counter() - start}
-                        if norm is not None:
-                            record["grad_norm"] = norm
-                        if mfu is not None:
-                            record["mfu"] = mfu
-                        metrics.log(record)
-                        progress.update(self.step, loss, lr, rate, mfu)
+                    record = self._iteration()
                     for hook in self.hooks:
                         hook.on_step_end(self, record)
-                    over_budget = t.time_budget_s is not None and time.perf_counter() - start >= t.time_budget_s
-                    over_budget = dist.sync_stop(stop, over_budget)  # all ranks stop at the same step
-                    if over_budget and self.step < t.max_steps:
-                        stopped = "time_budget"
-                        progress.write(f"time budget of {t.time_budget_s:g}s reached at step {self.step}")
+                    stopped = self._should_stop(stop)
+                    if stopped != "done":
                         break
-                    if stop.signum is not None:
-                        stopped = signal.Signals(stop.signum).name
+                    self._periodic_eval_and_save()
+                    stopped = self._stopped_by_signal(stop)  # arrived during eval/save
+                    if stopped != "done":
                         break
-                    paused = throughput.pause()
-                    if t.eval_interval and self.step % t.eval_interval == 0 and self.step < t.max_steps:
-                        self._eval_and_log(metrics, progress)
-                    if t.ckpt_interval and self.step % t.ckpt_interval == 0 and self.step < t.max_steps:
-                        self.save_checkpoint()
-                    throughput.resume(paused)
-                    dist.sync_stop(stop)
-                    if stop.signum is not None:  # arrived during eval/save
-                        stopped = signal.Signals(stop.signum).name
-                        break
-                final_dir = None
-                if stopped in ("done", "time_budget"):
-                    if self.last_eval_step != self.step:
-                        self._eval_and_log(metrics, progress)
-                    if self.last_ckpt_step != self.step:
-                        self.save_checkpoint()
-                    final_dir = self.save_final()
-                elif self.last_ckpt_step != self.step:
-                    self.save_checkpoint()
+                final_dir = self._finish(stopped)
         finally:
-            progress.close()
-            metrics.close()
-        elapsed = time.perf_counter() - start
+            self._progress.close()
+            self._metrics.close()
+        elapsed = time.perf_counter() - self._start
         result = TrainResult(
             run_dir=self.run_dir, step=self.step, tokens=self.tokens, stopped=stopped,
             exit_code=EXIT_CODES[signal.Signals[stopped]] if stopped.startswith("SIG") else 0,
@@ -507,13 +598,101 @@ class Trainer:
             hook.on_end(self, result)
         return result
 
-    def _eval_and_log(self, metrics: MetricsLogger, progress: Progress) -> None:
+    def _log_config_changes(self) -> None:
+        changes = getattr(self, "config_changes", None)
+        if changes:
+            self._metrics.log({"step": self.step, "tokens": self.tokens, "config_changed": changes})
+
+    def _iteration(self) -> dict[str, Any] | None:
+        """Schedule, one optimizer step, counters, the bad-loss rule, the metrics line."""
+        lr = lr_at(self.step, self.cfg.train)
+        set_lr(self.optimizer, lr)  # each group at lr x its lr_scale
+        self._step_tokens = 0
+        loss, norm = self.train_step()
+        step_tokens = self.tokens_per_step if self.tokens_per_step is not None else self._step_tokens
+        self.step += 1
+        self.tokens += step_tokens
+        self._throughput.add(step_tokens)
+        self._check_loss(loss)
+        return self._log_step(loss, norm, lr)
+
+    def _check_loss(self, loss: float) -> None:
+        if not math.isfinite(loss):
+            self._skipped_in_a_row += 1
+            self._on_bad_loss(loss, self._skipped_in_a_row)
+        else:
+            self._skipped_in_a_row = 0
+
+    def _log_step(self, loss: float, norm: float | None, lr: float) -> dict[str, Any] | None:
+        if not (self.step % self.cfg.log.interval == 0 or self.step == self.cfg.train.max_steps):
+            return None
+        rate = self._throughput.rate()
+        mfu = rate * self.flops_per_token / self.world_size / self.peak_flops if self.peak_flops else None
+        record = {"step": self.step, "tokens": self.tokens, "loss": loss, "lr": lr,
+                  "tokens_per_s": rate, "time_s": time.perf_counter() - self._start}  # fmt: skip
+        epoch = getattr(self.loader, "epoch", None)
+        if epoch is not None:
+            record["epoch"] = epoch
+        if norm is not None:
+            record["grad_norm"] = norm
+        if mfu is not None:
+            record["mfu"] = mfu
+        self._metrics.log(record)
+        self._progress.update(self.step, loss, lr, rate, mfu)
+        return record
+
+    def _should_stop(self, stop: _StopFlag) -> str:
+        """"done" to go on; "time_budget" or the signal's name to stop (the same on every rank)."""
+        t = self.cfg.train
+        over_budget = t.time_budget_s is not None and time.perf_counter() - self._start >= t.time_budget_s
+        over_budget = dist.sync_stop(stop, over_budget)  # all ranks stop at the same step
+        if over_budget and self.step < t.max_steps:
+            self._progress.write(f"time budget of {t.time_budget_s:g}s reached at step {self.step}")
+            return "time_budget"
+        return signal.Signals(stop.signum).name if stop.signum is not None else "done"
+
+    def _stopped_by_signal(self, stop: _StopFlag) -> str:
+        dist.sync_stop(stop)
+        return signal.Signals(stop.signum).name if stop.signum is not None else "done"
+
+    def _periodic_eval_and_save(self) -> None:
+        """Evaluate and checkpoint at their intervals (the clock paused meanwhile).
+
+        Keep-best needs an evaluation of the checkpointed weights: a checkpoint step that is
+        not an eval step evaluates too, so the best is found whatever the two intervals are.
+        """
+        t = self.cfg.train
+        paused = self._throughput.pause()
+        at_eval = bool(t.eval_interval) and self.step % t.eval_interval == 0 and self.step < t.max_steps
+        at_ckpt = bool(t.ckpt_interval) and self.step % t.ckpt_interval == 0 and self.step < t.max_steps
+        if at_eval or (at_ckpt and self.last_eval_step != self.step):
+            self._eval_and_log()
+        if at_ckpt:
+            self.save_checkpoint()
+        self._throughput.resume(paused)
+
+    def _finish(self, stopped: str) -> Path | None:
+        """The end of the run: a last eval, checkpoint and final/ when done; a checkpoint when stopped."""
+        if stopped in ("done", "time_budget"):
+            if self.last_eval_step != self.step:
+                self._eval_and_log()
+            if self.last_ckpt_step != self.step:
+                self.save_checkpoint()
+            return self.save_final()
+        if self.last_ckpt_step != self.step:
+            self.save_checkpoint()
+        return None
+
+    def _eval_and_log(self) -> None:
         losses = self.evaluate()
         record = {"step": self.step, "tokens": self.tokens,
                   "train_loss": losses.get("train"), "val_loss": losses.get("val")}
-        metrics.log(record)
+        epoch = getattr(self.loader, "epoch", None)
+        if epoch is not None:
+            record["epoch"] = epoch
+        self._metrics.log(record)
         shown = ", ".join(f"{k} loss {v:.4f}" for k, v in losses.items())
-        progress.write(f"step {self.step}: {shown}")
+        self._progress.write(f"step {self.step}: {shown}")
         for hook in self.hooks:
             hook.on_eval(self, record)
 
@@ -533,24 +712,69 @@ class Trainer:
             )
 
 
+class LossForward(torch.nn.Module):
+    """A task's loss as one module's forward: ``forward(batch) = loss(model, batch)``."""
+
+    def __init__(self, model: torch.nn.Module, loss: Callable[[torch.nn.Module, Any], torch.Tensor]) -> None:
+        super().__init__()
+        self.model = model
+        self._loss = loss
+
+    def forward(self, batch: Any) -> torch.Tensor:
+        return self._loss(self.model, batch)
+
+
+def _call_with_batch(module: torch.nn.Module, batch: Any) -> torch.Tensor:
+    return module(batch)
+
+
+class _RngState:
+    """Every RNG stream, as a checkpoint part."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return ckpt.get_rng_state()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        ckpt.set_rng_state(state)
+
+
+_RNG = _RngState()
+
+
+def _pretrain_task_type() -> type:
+    from gptforge.train.tasks import PretrainTask
+
+    return PretrainTask
+
+
 def train(
     cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
-    hooks: list[TrainHooks] | tuple[TrainHooks, ...] = (),
+    hooks: list[TrainHooks] | tuple[TrainHooks, ...] = (), task: Any = None,
+    resume_from: str | Path | None = None,
 ) -> TrainResult:
     """Train (or, with ``resume``, continue) the run in ``run_dir``.
+
+    Args:
+        task: what to train on (default: pretraining on ``cfg.data.dir``; see gptforge.train.tasks).
+        resume_from: a checkpoint folder to continue from (``RUN/checkpoints/step_N``).
 
     Raises:
         GptforgeError subclasses for user-fixable problems: an existing run dir,
         a missing or incompatible dataset, a corrupt run, a non-finite loss, OOM.
     """
-    trainer = Trainer(cfg, run_dir, resume=resume, overwrite=overwrite, hooks=hooks)
-    try:
-        result = trainer.run()
-        dist.barrier()  # the other ranks wait while rank 0 writes final/
+    device = plan_device(cfg.train.device, cfg.train.precision, dist.local_rank()).device
+    with dist.process_group(device):  # left whatever happens, a constructor error included
+        trainer = Trainer(cfg, run_dir, resume=resume or resume_from is not None, overwrite=overwrite,
+                          hooks=hooks, task=task, resume_from=resume_from)  # fmt: skip
+        try:
+            result = trainer.run()
+            dist.barrier()  # the other ranks wait while rank 0 writes final/
+        except BaseException:
+            if trainer.replaced is not None:  # failed before its first checkpoint: nothing was overwritten
+                restore_replaced(trainer.run_dir, trainer.replaced)
+            raise
+        trainer.result = result
         return result
-    finally:
-        if trainer.owns_process_group:
-            dist.shutdown()
 
 
-__all__ = ["TrainHooks", "TrainResult", "Trainer", "TrainingError", "optimizer_step", "train"]
+__all__ = ["TrainHooks", "TrainResult", "TrainState", "Trainer", "TrainingError", "optimizer_step", "train"]

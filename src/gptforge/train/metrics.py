@@ -20,6 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+from gptforge.io import json_line
+
 logger = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
@@ -43,7 +45,7 @@ class JsonlSink:
         self._f = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
 
     def log(self, record: dict[str, Any]) -> None:
-        self._f.write(json.dumps(record, allow_nan=True) + "\n")
+        self._f.write(json_line(record) + "\n")  # NaN/inf as null + "not_finite": strict JSON
         self._f.flush()
 
     def close(self) -> None:

@@ -128,10 +128,19 @@ class MuonWithAdamW(torch.optim.Optimizer):
 
 
 def fused_supported(device: torch.device) -> bool:
-    """Whether this torch has a fused AdamW kernel for ``device`` (CUDA always; CPU/MPS on newer torch)."""
+    """Whether this torch has a fused AdamW kernel for ``device`` (CUDA always; CPU/MPS on newer torch).
+
+    The signature says only that the argument exists; which devices have the kernel depends on
+    the build, so a one-element AdamW is made on ``device`` (a torch without the CPU kernel
+    raises RuntimeError there, which ``--train.fused true`` once passed on to the user).
+    """
     if "fused" not in inspect.signature(torch.optim.AdamW).parameters:
         return False
-    return device.type in ("cuda", "cpu", "mps")
+    try:
+        torch.optim.AdamW([torch.zeros(1, device=device, requires_grad=True)], fused=True)
+    except (RuntimeError, ValueError, TypeError):
+        return False
+    return True
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:

@@ -1,0 +1,73 @@
+"""Fine-tuning under torchrun (gloo, 2 processes) equals one process with the same global batch.
+
+Reference: the same command in one process. Each process takes half the rows of every
+batch (rows rank::2) and DDP averages the two halves' gradients, which for classification
+(a mean over examples, 2 + 2 of each batch of 4; 28 training texts, so no short batch)
+is the gradient of the whole batch. Not bitwise, for the reason the pretraining DDP test
+gives (the all-reduce sums in another order): the same tolerance.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from gptforge.io import load_safetensors
+
+pytestmark = [pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed missing"),
+              pytest.mark.slow]  # fmt: skip
+
+
+def _base(out: Path) -> Path:
+    import string
+
+    from gptforge import GPT, GPTConfig
+    from gptforge.model.loading import save_model
+    from gptforge.tokenizer.char import CharTokenizer
+
+    tok = CharTokenizer.train(string.printable)
+    torch.manual_seed(0)
+    save_model(GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=1, n_head=2, n_embd=16, dropout=0.0)),
+               out, tokenizer=tok)  # fmt: skip
+    return out
+
+
+def _spam(path: Path) -> Path:
+    rows = ["label\ttext"] + [f"{'spam' if i % 2 else 'ham'}\t{'win free cash' if i % 2 else 'see you later'} {i}"
+                              for i in range(40)]  # fmt: skip
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_ddp_finetune_equals_one_process(tmp_path: Path) -> None:
+    base, data = _base(tmp_path / "base"), _spam(tmp_path / "spam.tsv")
+    args = ["finetune", "classify", "--model", str(base), "--data", str(data), "--train", "all", "--epochs", "2",
+            "--batch-size", "4", "--lr", "1e-3", "--no-progress", "--json", "--log.interval", "1"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    one = subprocess.run([sys.executable, "-m", "gptforge", *args, "--out", str(tmp_path / "one")],
+                         capture_output=True, text=True, env=env, timeout=600)  # fmt: skip
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          "-m", "gptforge", *args, "--out", str(tmp_path / "two")],
+                         capture_output=True, text=True, env=env, timeout=600)  # fmt: skip
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert len([x for x in two.stdout.splitlines() if x.startswith("{")]) == 1  # only rank 0 reports
+
+    def losses(run: Path) -> dict[int, float]:
+        lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        return {r["step"]: r["loss"] for r in lines if "loss" in r}
+
+    a, b = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert sorted(a) == sorted(b) == list(range(1, 15))
+    for step in a:
+        assert b[step] == pytest.approx(a[step], rel=2e-6, abs=0), step
+    wa = load_safetensors(tmp_path / "one" / "final" / "model.safetensors")
+    wb = load_safetensors(tmp_path / "two" / "final" / "model.safetensors")
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], rtol=1e-5, atol=1e-5, msg=k)
