@@ -19,8 +19,20 @@ Peak RSS is measured per engine in a fresh subprocess (Linux; skip with ``--no-r
 peak resident memory during one 512+128 run (the peak is reset after the model is built, via
 /proc/self/clear_refs), and its growth over the loaded model.
 
+Bandwidth bound (``--precisions``, CPU, default fp32 bf16 int8 int4): batch-1 decoding reads
+every weight once per token, so tokens/s can be at most (bytes/s the CPU streams) / (bytes a
+step reads). The same run measures the bytes/s with three read probes on the same threads
+(a 1 GiB fp32 tensor summed, copied, and multiplied by a vector as one (N, 4096) GEMV; median
+of 7 each, the best of the three) and, per precision, gptforge's tokens/s through
+``model.generate()`` from Python (32+128 greedy, the decoding kernels chosen on their own at
+the first call) and transformers' at the same precision (fp32, bf16; transformers has no CPU
+int8/int4 weight-only path without torchao, so those rows compare with its fp32 and bf16). Each
+row gives the fraction of the bound; bf16 and int rows give greedy agreement with fp32
+(identical leading tokens and equal positions of 128).
+
 Usage:
-  python bench/generate.py                       # CPU, fp32, 32+128 and 512+128
+  python bench/generate.py                       # CPU, fp32, 32+128 and 512+128, then the bound table
+  python bench/generate.py --prompts --no-rss    # the bound table only
   python bench/generate.py --device cuda --dtype bf16 [--compile]
 """
 
@@ -50,7 +62,7 @@ def hf_model(c: object) -> torch.nn.Module:
     return transformers.GPT2LMHeadModel(hf_cfg).eval()
 
 
-def build_models(device: str, dtype: torch.dtype, with_hf: bool, seed: int = 0) -> tuple:
+def build_models(device: str, dtype: torch.dtype, with_hf: bool, seed: int = 0, prepare: bool = True) -> tuple:
     from gptforge.model.config import GPTConfig
     from gptforge.model.gpt import GPT
 
@@ -68,7 +80,8 @@ def build_models(device: str, dtype: torch.dtype, with_hf: bool, seed: int = 0) 
         hf = hf.to(device=device, dtype=dtype)
     from gptforge.generate.cpu_decoding import prepare_for_decoding
 
-    return prepare_for_decoding(model.to(device=device, dtype=dtype)), hf
+    model = model.to(device=device, dtype=dtype)
+    return (prepare_for_decoding(model) if prepare else model), hf
 
 
 def sync(device: str) -> None:
@@ -175,12 +188,128 @@ def _rss_worker(args: argparse.Namespace) -> None:
     print(json.dumps([_status_mb("VmHWM"), base]))
 
 
+def machine_info() -> str:
+    """CPU model, cores, torch threads and load, printed with every table."""
+    cpu = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    load = " ".join(f"{v:.2f}" for v in os.getloadavg())
+    return (f"{cpu}, {os.cpu_count()} cpus, torch {torch.__version__} {torch.backends.cpu.get_cpu_capability()}, "
+            f"{torch.get_num_threads()} threads, load average {load}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+
+
+def _median_s(fn, n: int = 7) -> float:
+    fn()
+    ts = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def read_bandwidth() -> dict[str, float]:
+    """Bytes/s read by three probes over a 1 GiB fp32 tensor on torch's threads (median of 7 each)."""
+    n = (1 << 30) // 4
+    a = torch.full((n,), 0.5)
+    out = {"sum": (1 << 30) / _median_s(lambda: a.sum())}
+    out["copy"] = (1 << 30) / _median_s(lambda b=torch.empty_like(a): b.copy_(a))  # bytes read (as many written)
+    w = a.view(-1, 4096)
+    x = torch.full((4096,), 0.5)
+    out["gemv"] = (1 << 30) / _median_s(lambda: torch.mv(w, x))
+    return out
+
+
+def _agreement(a: torch.Tensor, b: torch.Tensor, start: int) -> str:
+    """'lead/equal of n': identical leading new tokens, equal positions, of n new tokens."""
+    x, y = a[0, start:], b[0, start:]
+    eq = (x == y).tolist()
+    lead = eq.index(False) if False in eq else len(eq)
+    return f"{lead}/{sum(eq)} of {len(eq)}"
+
+
+def bound_table(args: argparse.Namespace, with_hf: bool) -> None:
+    """Each precision's tokens/s as a fraction of the bandwidth bound, beside transformers."""
+    import copy
+
+    from gptforge.generate.cpu_decoding import step_read_bytes
+
+    bw = read_bandwidth()
+    best = max(bw.values())
+    print("\n# read bandwidth GB/s: " + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in bw.items())
+          + f" -> bound uses {best / 1e9:.1f}", flush=True)
+    if args.model:
+        from gptforge.model.loading import load_model
+
+        base = load_model(args.model)
+        hf_base = None
+    else:
+        base, hf_base = build_models("cpu", torch.float32, with_hf, prepare=False)
+    T, n = 32, args.new
+    idx = torch.randint(0, base.config.vocab_size, (1, T), generator=torch.Generator().manual_seed(T))
+    print("| precision | engine | MB read/step | bound tok/s | tokens/s | % of bound | vs transformers "
+          "| greedy vs fp32 (lead/equal) | kernels |")
+    print("|---|---|---:|---:|---:|---:|---:|---|---|", flush=True)
+    hf_cache: dict[str, tuple[float, float]] = {}
+    ref_out = None
+    for prec in args.precisions:
+        m = copy.deepcopy(base).eval()
+        if prec == "bf16":
+            m = m.to(torch.bfloat16)
+        elif prec in ("int8", "int4"):
+            from gptforge.quantize import quantize
+
+            m = quantize(m, prec, group_size=64)
+        nbytes = step_read_bytes(m)
+        bound = best / nbytes
+        hf_dtype = "bf16" if prec == "bf16" else "fp32"  # int rows: compared with both
+        hf = None
+        if hf_base is not None and hf_dtype not in hf_cache:
+            hf = copy.deepcopy(hf_base).to(torch.bfloat16 if hf_dtype == "bf16" else torch.float32)
+        m.generate(idx, 4, temperature=0)  # first eval-mode call: kernels measured and chosen here
+        times, hf_times = [], []
+        out = None
+        for _ in range(args.reps):
+            t0 = time.perf_counter()
+            out = m.generate(idx, n, temperature=0)
+            times.append(time.perf_counter() - t0)
+            if hf is not None:
+                hf_times.append(run_hf(hf, idx, n, "cpu")[0])
+        tps = n / statistics.median(times)
+        if hf is not None:
+            hf_tps = n / statistics.median(hf_times)
+            hf_cache[hf_dtype] = (hf_tps, step_read_bytes(hf))
+            del hf
+        agree = "" if prec == "fp32" or ref_out is None else _agreement(out, ref_out, T)
+        if prec == "fp32":
+            ref_out = out
+        from gptforge.generate.cpu_decoding import DecodeLinear
+
+        kernels = sorted({f"{tuple(d.weight.shape)}:{d.kernel}" for d in m.modules() if isinstance(d, DecodeLinear)})
+        vs = ", ".join(f"{tps / hf_cache[d][0]:.2f}x {d}" for d in (("fp32", "bf16") if prec in ("int8", "int4")
+                                                                   else (hf_dtype,)) if d in hf_cache)
+        print(f"| {prec} | gptforge | {nbytes / 1e6:.0f} | {bound:.1f} | {tps:.1f} | {100 * tps / bound:.0f}% "
+              f"| {vs} | {agree} | {' '.join(kernels)} |", flush=True)
+        if prec in ("fp32", "bf16") and hf_dtype in hf_cache:
+            h_tps, h_bytes = hf_cache[hf_dtype]
+            print(f"| {prec} | transformers | {h_bytes / 1e6:.0f} | {best / h_bytes:.1f} | {h_tps:.1f} "
+                  f"| {100 * h_tps * h_bytes / best:.0f}% | 1.00x | | |", flush=True)
+        del m
+    print(f"# {machine_info()}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
     p.add_argument("--compile", action="store_true", help="torch.compile the gptforge model (GPU runs)")
-    p.add_argument("--prompts", type=int, nargs="+", default=[32, 512], help="prompt lengths")
+    p.add_argument("--prompts", type=int, nargs="*", default=[32, 512], help="prompt lengths (none: skip)")
+    p.add_argument("--precisions", nargs="*", default=["fp32", "bf16", "int8", "int4"],
+                   choices=["fp32", "bf16", "int8", "int4"], help="bandwidth-bound table (CPU; none: skip)")
+    p.add_argument("--model", default=None, help="a gptforge model dir for the bound table (default: random gpt2)")
     p.add_argument("--new", type=int, default=128, help="new tokens per run")
     p.add_argument("--nocache-new", type=int, default=32, help="new tokens for the no-cache row")
     p.add_argument("--reps", type=int, default=3, help="interleaved repetitions (median reported)")
@@ -202,7 +331,9 @@ def main() -> None:
             import transformers  # noqa: F401
         except ImportError:
             with_hf = False
-    model, hf = build_models(args.device, dtype, with_hf)
+    machine = machine_info()
+    print(f"# {machine}", flush=True)
+    model, hf = (None, None) if not args.prompts else build_models(args.device, dtype, with_hf)
     if args.compile:
         model.forward = torch.compile(model.forward, dynamic=True)
     engines = {"gptforge": (run_ours, model, args.new)}
@@ -212,7 +343,7 @@ def main() -> None:
 
     meta = dict(device=args.device, dtype=args.dtype, compile=args.compile, threads=torch.get_num_threads(),
                 torch=torch.__version__, reps=args.reps)
-    if not args.json:  # rows are printed as they are measured, so a cut run still reports
+    if not args.json and args.prompts:  # rows are printed as they are measured, so a cut run still reports
         print(f"# generation, batch 1, greedy, gpt2-124M shape, {meta}")
         print("| prompt+new | engine | tokens/s | TTFT ms | decode tok/s | gptforge speedup | same tokens |")
         print("|---|---|---:|---:|---:|---:|---|", flush=True)
@@ -247,14 +378,16 @@ def main() -> None:
                 print(f"| {T}+{n} | {name} | {tps:.1f} | {first * 1e3:.0f} | {decode_tps:.1f} "
                       f"| {r['gptforge_speedup']:.2f}x | {mark} |", flush=True)
     rss = {}
-    if not args.no_rss:
+    if not args.no_rss and args.prompts:
         for engine in ["gptforge"] + (["transformers"] if hf is not None else []):
             rss[engine] = peak_rss_mb(engine, args)
     if args.json:
-        print(json.dumps(dict(meta=meta, results=results, peak_rss_mb=rss)))
-        return
-    for engine, (peak, growth) in rss.items():
+        print(json.dumps(dict(meta=meta, machine=machine, results=results, peak_rss_mb=rss)))
+    for engine, (peak, growth) in ({} if args.json else rss).items():
         print(f"peak RSS {engine}: {peak:.0f} MB (+{growth:.0f} MB over the loaded model), 512+{args.new}")
+    if args.precisions and args.device == "cpu":
+        del model, hf, engines
+        bound_table(args, with_hf)
 
 
 if __name__ == "__main__":

@@ -12,9 +12,18 @@ On tinyshakespeare, in one run, side by side:
 Targets (issue 2): regex-bpe at 8192 within 5x of Hugging Face's training time;
 pure gpt2 encode >= 1 MB/s; fast path >= 0.9x tiktoken.
 
+At scale (``--mb``): the corpus is the first N MB of the ``.py`` files of this Python's
+site-packages, sorted by path (real, diverse text on every machine; the packages it came
+from are printed). Our ``regex-bpe`` trainer (GPT-2 pattern, ``<|endoftext|>`` special,
+``--workers``) and Hugging Face's BPE trainer (ByteLevel pre-tokenizer, which splits with the
+same GPT-2 pattern, the same special) each run in a fresh process that streams the files:
+wall time, that process's peak RSS (its worker processes' peak apart), and how many of the
+first 1,000 merges agree (as byte pairs, in order).
+
 Usage::
 
     python bench/tokenizers.py                      # full table (about a minute on 2 cores)
+    python bench/tokenizers.py --mb 30 100 300 --vocab 4096 32768 [--workers 2]
     python bench/tokenizers.py --sizes 512 --repeats 1
     python bench/tokenizers.py --json
 
@@ -112,6 +121,100 @@ def tiktoken_gpt2(gpt2_dir: Path):  # noqa: ANN201
     )
 
 
+def site_packages_files(mb: float) -> tuple[list[tuple[Path, int]], list[str]]:
+    """The sorted .py files of site-packages that make the first ``mb`` MB: ((path, bytes to read)
+    per file, the top-level packages they belong to)."""
+    import sysconfig
+
+    root = Path(sysconfig.get_paths()["purelib"])
+    budget = int(mb * 1e6)
+    out: list[tuple[Path, int]] = []
+    for path in sorted(root.rglob("*.py")):
+        if budget <= 0:
+            break
+        if not path.is_file():
+            continue
+        size = min(path.stat().st_size, budget)
+        out.append((path, size))
+        budget -= size
+    packages = sorted({p.relative_to(root).parts[0].removesuffix(".py") for p, _ in out})
+    return out, packages
+
+
+def _read_files(files: list[tuple[Path, int]]):  # noqa: ANN202 - a generator
+    for path, size in files:
+        with open(path, "rb") as f:
+            yield f.read(size).decode("utf-8", errors="replace")
+
+
+def _scale_worker(engine: str, mb: float, vocab: int, workers: int) -> dict:
+    """One training run in this (fresh) process: seconds, peak RSS, the first 1,000 merges as hex pairs."""
+    import resource
+
+    from gptforge.tokenizer.gpt2 import bytes_to_unicode
+
+    files, _ = site_packages_files(mb)
+    t0 = time.perf_counter()
+    if engine == "hf":
+        from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=["<|endoftext|>"],
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+        tok.train_from_iterator(_read_files(files), trainer)
+        seconds = time.perf_counter() - t0
+        decoder = {c: b for b, c in bytes_to_unicode().items()}
+        merges = json.loads(tok.to_str())["model"]["merges"]
+        pairs = []
+        for m in merges[:1000]:
+            a, b = m if isinstance(m, list) else m.split(" ")
+            pairs.append([bytes(decoder[c] for c in a).hex(), bytes(decoder[c] for c in b).hex()])
+    else:
+        from gptforge.tokenizer.bpe import BPETokenizer
+
+        tok = BPETokenizer.train(_read_files(files), vocab, "gpt2", ["<|endoftext|>"], workers=workers)
+        seconds = time.perf_counter() - t0
+        vocab_bytes = [bytes([i]) for i in range(256)]
+        for a, b in tok.merges:
+            vocab_bytes.append(vocab_bytes[a] + vocab_bytes[b])
+        pairs = [[vocab_bytes[a].hex(), vocab_bytes[b].hex()] for a, b in list(tok.merges)[:1000]]
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB -> MB (Linux)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return {"seconds": seconds, "peak_mb": peak, "workers_peak_mb": children, "merges": pairs}
+
+
+def scale_table(args: argparse.Namespace) -> int:
+    import subprocess
+
+    with open("/proc/cpuinfo") as f:
+        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?")
+    _, packages = site_packages_files(max(args.mb))
+    print(f"# {cpu}, {os.cpu_count()} cpus, load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}, "
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    print(f"# corpus: .py files of site-packages sorted by path; {max(args.mb)} MB span {len(packages)} "
+          f"packages: {' '.join(packages)}")
+    print("| MB | vocab | HF s | ours s | time ratio | HF peak MB | ours peak MB (+workers) | memory ratio "
+          "| first 1000 merges agree |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|", flush=True)
+    for mb in args.mb:
+        for vocab in args.vocab:
+            res = {}
+            for engine in ("hf", "ours"):  # alternating, one fresh process each
+                cmd = [sys.executable, __file__, "--_scale-worker", engine, "--mb", str(mb), "--vocab", str(vocab),
+                       "--workers", str(args.workers)]
+                out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+                res[engine] = json.loads(out.strip().splitlines()[-1])
+            hf, ours = res["hf"], res["ours"]
+            agree = sum(a == b for a, b in zip(hf["merges"], ours["merges"]))
+            w = f" (+{ours['workers_peak_mb']:.0f})" if args.workers > 1 else ""
+            print(f"| {mb} | {vocab} | {hf['seconds']:.1f} | {ours['seconds']:.1f} | "
+                  f"{ours['seconds'] / hf['seconds']:.2f}x | {hf['peak_mb']:.0f} | {ours['peak_mb']:.0f}{w} | "
+                  f"{ours['peak_mb'] / hf['peak_mb']:.2f}x | {agree} |", flush=True)
+    print(f"# load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from gptforge.io import data_dir
     from gptforge.tokenizer.bpe import BPETokenizer
@@ -132,7 +235,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--device", default="cpu", help="ignored: tokenizers run on the CPU")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    ap.add_argument("--mb", type=float, nargs="*", default=None,
+                    help="at-scale table: corpus sizes in MB of site-packages .py files")
+    ap.add_argument("--vocab", type=int, nargs="+", default=[4096, 32768], help="at-scale vocab sizes")
+    ap.add_argument("--workers", type=int, default=1, help="at-scale: our trainer's counting processes")
+    ap.add_argument("--_scale-worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args._scale_worker:
+        print(json.dumps(_scale_worker(args._scale_worker, args.mb[0], args.vocab[0], args.workers)))
+        return 0
+    if args.mb:
+        return scale_table(args)
 
     path = Path(args.input) if args.input else data_dir() / "tinyshakespeare.txt"
     if not path.is_file():

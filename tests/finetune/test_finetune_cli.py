@@ -207,3 +207,40 @@ def test_explicit_lr_wins(argv: list[str], expected: float | None) -> None:
     args = parser.parse_args([*argv, "--model", "m", "--data", "d", "--out", "o"])
     loop = finetune._loop(args, lora=False)
     assert loop.lr == expected and loop.sort_by_length  # None: resolved from the model's size
+
+
+def test_device_auto_and_dtype_spellings(gf, tiny_model, tmp_path) -> None:
+    """``finetune --device auto`` once crashed (torch.device("auto")); ``classify`` and the
+    other model commands take it too, and every --dtype takes bf16 and bfloat16 alike."""
+    data = _write_spam(tmp_path / "spam.tsv", n=20)
+    run = tmp_path / "run"
+    proc = gf("finetune", "classify", "--model", str(tiny_model), "--data", str(data), "--out", str(run),
+              "--train", "head", "--epochs", "1", "--batch-size", "8", "--no-progress", "--device", "auto")
+    assert proc.returncode == 0, proc.stderr
+    proc = gf("classify", "--model", str(run / "final"), "--text", "WIN a FREE prize", "--device", "auto")
+    assert proc.returncode == 0 and ("spam" in proc.stdout or "ham" in proc.stdout), proc.stderr
+    outs = []
+    for spelling in ("bf16", "bfloat16", "BFloat16"):
+        proc = gf("generate", "--model", str(tiny_model), "--prompt", "hi", "--max-new-tokens", "3",
+                  "--temperature", "0", "--device", "auto", "--dtype", spelling)
+        assert proc.returncode == 0, proc.stderr
+        outs.append(proc.stdout)
+    assert outs[0] == outs[1] == outs[2]
+    with pytest.raises(SystemExit) as exit_:  # argparse's own exit, with one error line
+        gf("generate", "--model", str(tiny_model), "--prompt", "hi", "--dtype", "bf17")
+    assert exit_.value.code == 2
+
+
+def test_every_dtype_flag_takes_both_spellings() -> None:
+    import argparse
+
+    from gptforge.cli.main import build_parser
+
+    parser = build_parser()
+    for argv in (["eval", "--model", "m", "--data", "d"], ["generate", "--model", "m", "--prompt", "p"],
+                 ["model", "info", "--preset", "gpt2"]):
+        got = {parser.parse_known_args([*argv, "--dtype", s])[0].dtype for s in ("bf16", "bfloat16")}
+        assert got == {"bf16"}, argv
+        got = {parser.parse_known_args([*argv, "--dtype", s])[0].dtype for s in ("fp32", "float32")}
+        assert got == {"fp32"}, argv
+    assert isinstance(parser, argparse.ArgumentParser)

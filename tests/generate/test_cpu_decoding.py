@@ -1,17 +1,25 @@
-"""The CPU decoding layout against references: ``F.linear`` for the thread-split product,
-and the untouched model for generation, state dicts and saving."""
+"""The CPU decoding kernels against references: ``F.linear`` for every kernel, and the
+untouched model for generation, state dicts, saving and a later training step."""
 
 from __future__ import annotations
+
+import copy
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+import gptforge.generate.cpu_decoding as cpu_decoding
 from gptforge.generate.cpu_decoding import (
-    SPLIT_MAX_ROWS,
-    ThreadSplitLinear,
+    KERNELS,
+    MAX_ROWS,
+    ONE_ROW_KERNELS,
+    DecodeLinear,
+    choose_kernel,
     prepare_for_decoding,
     split_linear,
+    step_read_bytes,
+    time_kernels,
 )
 from gptforge.generate.engine import generate
 from tests.generate.gen_helpers import tiny_gpt
@@ -19,20 +27,27 @@ from tests.generate.gen_helpers import tiny_gpt
 
 @pytest.fixture
 def three_threads():
-    """Three intra-op threads, so the split path runs (with an uneven remainder) on any machine."""
+    """Three intra-op threads, so the split paths run (with an uneven remainder) on any machine."""
     before = torch.get_num_threads()
     torch.set_num_threads(3)
     yield 3
     torch.set_num_threads(before)
 
 
+@pytest.fixture
+def fresh_choices(monkeypatch):
+    """An empty kernel-choice table, and every layer large enough to get a kernel."""
+    monkeypatch.setattr(cpu_decoding, "_CHOICES", {})
+    monkeypatch.setattr(cpu_decoding, "MIN_WEIGHTS", 0)
+
+
 def column_major(w: torch.Tensor) -> torch.Tensor:
     return w.t().contiguous().t()
 
 
-@pytest.mark.parametrize("parts", [1, 2, 3, 4])
-@pytest.mark.parametrize("n_out", [8, 37, 97])
-@pytest.mark.parametrize("lead_shape", [(1,), (1, 1), (3, 1), (2, 5)])
+@pytest.mark.parametrize("parts", [1, 3])
+@pytest.mark.parametrize("n_out", [37, 97])
+@pytest.mark.parametrize("lead_shape", [(1,), (2, 5)])
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_split_linear_equals_f_linear(parts: int, n_out: int, lead_shape: tuple, with_bias: bool) -> None:
     g = torch.Generator().manual_seed(parts * 1000 + n_out)
@@ -44,59 +59,74 @@ def test_split_linear_equals_f_linear(parts: int, n_out: int, lead_shape: tuple,
     torch.testing.assert_close(got, F.linear(x, w, b), rtol=1e-5, atol=1e-5)
 
 
-def test_split_linear_gradients_equal_f_linear() -> None:
-    g = torch.Generator().manual_seed(5)
-    w = torch.randn(37, 16, generator=g)
-    x = torch.randn(2, 1, 16, generator=g)
-    w1 = column_major(w).requires_grad_()
-    x1 = x.clone().requires_grad_()
-    split_linear(x1, w1, None, 3).square().sum().backward()
-    w2 = w.clone().requires_grad_()
-    x2 = x.clone().requires_grad_()
-    F.linear(x2, w2).square().sum().backward()
-    torch.testing.assert_close(w1.grad, w2.grad, rtol=1e-4, atol=1e-5)  # sums in another order
-    torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-4, atol=1e-5)
+@pytest.mark.parametrize("kernel", sorted(KERNELS))
+@pytest.mark.parametrize("parts", [1, 2, 3])
+@pytest.mark.parametrize("m", [1, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_every_kernel_equals_f_linear(kernel: str, parts: int, m: int, dtype: torch.dtype) -> None:
+    if m > 1 and kernel in ONE_ROW_KERNELS:
+        pytest.skip("a one-row kernel")
+    g = torch.Generator().manual_seed(parts * 10 + m)
+    w = torch.randn(37, 24, generator=g)
+    x = torch.randn(m, 24, generator=g)
+    layout, fn = KERNELS[kernel]
+    stored = (column_major(w) if layout == "col" else w).to(dtype)
+    got = fn(x.to(dtype), stored, parts)
+    assert got.shape == (m, 37) and got.dtype == dtype
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=5e-2)
+    torch.testing.assert_close(got.float(), F.linear(x, w), **tol)
 
 
-def test_thread_split_linear_takes_each_path(three_threads, monkeypatch) -> None:
-    import gptforge.generate.cpu_decoding as cpu_decoding
-
+def test_decode_linear_uses_its_kernel_only_for_inference_with_few_rows(three_threads, monkeypatch) -> None:
     calls = []
-    monkeypatch.setattr(cpu_decoding, "split_linear", lambda *a: calls.append(a[0].shape) or F.linear(*a[:3]))
+    layout, fn = KERNELS["split-in-out"]
+    monkeypatch.setitem(KERNELS, "split-in-out", (layout, lambda x2, w, p: calls.append(x2.shape) or fn(x2, w, p)))
     base = torch.nn.Linear(16, 37)
-    layer = ThreadSplitLinear.from_linear(base)
+    ref = copy.deepcopy(base)
+    layer = DecodeLinear.from_linear(base, "split-in-out").eval()
     assert layer.weight is base.weight and layer.bias is base.bias
-    few, many = torch.randn(1, 2, 16), torch.randn(1, SPLIT_MAX_ROWS + 1, 16)
-    layer(few)
-    assert calls == []  # the weight is still row-major: F.linear
-    layer.weight.data = column_major(layer.weight.data)
-    layer(few)
-    layer(many)
-    assert calls == [few.shape]  # split for 2 rows, F.linear for 33
+    few, many = torch.randn(1, 2, 16), torch.randn(1, MAX_ROWS + 1, 16)
+    with torch.no_grad():
+        layer(few)
+        assert calls == []  # the weight is still (out, in): F.linear
+        layer.weight.data = column_major(layer.weight.data)
+        torch.testing.assert_close(layer(few), ref(few), rtol=1e-5, atol=1e-5)
+        layer(many)
+        assert calls == [(2, 16)]  # kernel for 2 rows, F.linear for 33
+    layer(few)  # gradients on: F.linear
+    assert calls == [(2, 16)]
+    layer.train()
+    assert layer.weight.is_contiguous()  # train() restores the (out, in) layout
     torch.set_num_threads(1)
-    layer(few)
-    assert calls == [few.shape]  # one thread: F.linear
+    with torch.no_grad():
+        layer.eval()
+        layer.weight.data = column_major(layer.weight.data)
+        layer(few)
+    assert calls == [(2, 16)]  # one thread: F.linear
 
 
-def test_prepare_for_decoding_keeps_values_tokens_and_saving(three_threads, tmp_path, monkeypatch) -> None:
+@pytest.mark.parametrize("kernel", sorted(KERNELS))
+def test_prepare_for_decoding_keeps_values_tokens_and_saving(kernel, three_threads, fresh_choices, tmp_path,
+                                                             monkeypatch) -> None:
     from gptforge.model.loading import load_model, save_model
 
-    monkeypatch.setattr("gptforge.generate.cpu_decoding.SPLIT_MIN_WEIGHTS", 0)  # split even tiny layers
-
+    monkeypatch.setattr(cpu_decoding, "choose_kernel", lambda shape, dtype, count: kernel)
+    untouched = tiny_gpt().train()  # training mode: generate leaves it as it is (the reference)
     model = tiny_gpt()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     params_before = [id(p) for p in model.parameters()]
     idx = torch.tensor([[3, 1, 4, 1, 5]])
-    expected = generate(model, idx, 40, temperature=0)
-    prepare_for_decoding(model)
+    expected = generate(untouched, idx, 40, temperature=0)
+    assert not any(isinstance(m, DecodeLinear) for m in untouched.modules())
+    got = generate(model, idx, 40, temperature=0)  # eval mode: prepared on this first call
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    assert linears and all(type(m) is ThreadSplitLinear for m in linears)
+    assert linears and all(type(m) is DecodeLinear and m.kernel == kernel for m in linears)
+    assert torch.equal(got, expected)
     assert [id(p) for p in model.parameters()] == params_before  # the same parameter objects
     assert model.lm_head.weight is model.transformer.wte.weight  # still tied
-    assert not model.lm_head.weight.is_contiguous()  # now stored (in, out)
+    assert model.lm_head.weight.is_contiguous() == (KERNELS[kernel][0] == "row")
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
-    assert torch.equal(generate(model, idx, 40, temperature=0), expected)
     batch = torch.tensor([[3, 1, 4, 1, 5], [2, 7, 1, 8, 2]])
     assert torch.equal(generate(model, batch, 20, temperature=0)[0], expected[0, :25])
     save_model(model, tmp_path / "m")
@@ -105,16 +135,107 @@ def test_prepare_for_decoding_keeps_values_tokens_and_saving(three_threads, tmp_
         assert torch.equal(v, before[k]), k
 
 
-def test_prepare_for_decoding_splits_only_large_layers() -> None:
-    model = tiny_gpt(vocab_size=5000)  # LM head 5000 x 32 = 160,000 weights; block layers <= 4,096
-    prepare_for_decoding(model)
-    assert type(model.lm_head) is ThreadSplitLinear
-    block = model.transformer.h[0]
-    assert type(block.mlp.c_fc) is torch.nn.Linear and not block.mlp.c_fc.weight.is_contiguous()
+@pytest.mark.parametrize("kernel", ["split-in-out", "split-rows"])
+def test_training_after_decoding_is_what_it_was(kernel, three_threads, fresh_choices, monkeypatch) -> None:
+    """A model that generated, then trains, takes the same steps as one that never generated."""
+    monkeypatch.setattr(cpu_decoding, "choose_kernel", lambda shape, dtype, count: kernel)
+    reference = tiny_gpt()
+    model = tiny_gpt()
+    generate(model, torch.tensor([[3, 1, 4]]), 8, temperature=0)
+    assert type(model.lm_head) is DecodeLinear
+    models = (model.train(), reference.train())
+    assert all(p.is_contiguous() for p in model.parameters())  # the usual layout again
+    for m in models:
+        m.opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
+    x = torch.randint(0, 97, (2, 16), generator=torch.Generator().manual_seed(0))
+    for _ in range(3):
+        losses = []
+        for m in models:
+            _, loss = m(x[:, :-1], x[:, 1:])
+            m.opt.zero_grad()
+            loss.backward()
+            m.opt.step()
+            losses.append(loss.item())
+        assert losses[0] == losses[1]
+    for a, b in zip(model.parameters(), reference.parameters()):
+        assert torch.equal(a, b) and a.stride() == b.stride()
 
 
-def test_prepare_for_decoding_leaves_other_dtypes_alone() -> None:
+def test_generation_in_training_mode_prepares_nothing(fresh_choices) -> None:
+    model = tiny_gpt().train()
+    generate(model, torch.tensor([[3, 1, 4]]), 4, temperature=0)
+    assert model.training and not any(isinstance(m, DecodeLinear) for m in model.modules())
+
+
+def test_bf16_model_gets_kernels_and_close_logits(fresh_choices) -> None:
     model = tiny_gpt().to(torch.bfloat16)
+    reference = copy.deepcopy(model)
     prepare_for_decoding(model)
-    assert all(type(m) is torch.nn.Linear for m in model.modules() if isinstance(m, torch.nn.Linear))
-    assert model.lm_head.weight.is_contiguous()
+    assert type(model.lm_head) is DecodeLinear and model.lm_head.weight.dtype == torch.bfloat16
+    idx = torch.tensor([[3, 1, 4, 1, 5]])
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx).float(), reference(idx).float(), rtol=2e-2, atol=2e-2)
+
+
+def test_the_choice_is_the_fastest_measured(fresh_choices, monkeypatch) -> None:
+    times = {k: 1.0 + i for i, k in enumerate(KERNELS)}
+    times["mv-in-out"] = 0.5
+    monkeypatch.setattr(cpu_decoding, "time_kernels", lambda *a, **k: dict(times))
+    assert choose_kernel((64, 32), torch.float32, 3) == "mv-in-out"
+    times["mv-in-out"] = 9.0
+    assert choose_kernel((64, 32), torch.float32, 3) == "mv-in-out"  # kept for the process
+    assert choose_kernel((64, 16), torch.float32, 3) == "linear"
+
+
+def test_time_kernels_times_every_candidate(monkeypatch) -> None:
+    monkeypatch.setattr(cpu_decoding, "PROBE_BYTES", 1 << 16)
+    monkeypatch.setattr(cpu_decoding, "PROBE_ROUNDS", 1)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        times = time_kernels((64, 32), torch.float32, 2)
+    finally:
+        torch.set_num_threads(before)
+    assert set(times) == set(KERNELS) and all(0 < t < 1 for t in times.values())
+
+
+def test_step_read_bytes_counts_the_tied_matrix_once() -> None:
+    model = tiny_gpt()
+    unique = {p.data_ptr(): p for p in model.parameters()}
+    assert len(unique) < len(list(model.named_parameters(remove_duplicate=False)))
+    assert step_read_bytes(model) == sum(p.numel() * 4 for p in unique.values())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_one_query_attention_equals_sdpa(dtype: torch.dtype) -> None:
+    from gptforge.model.gpt import one_query_attention
+
+    g = torch.Generator().manual_seed(1)
+    q = torch.randn(2, 3, 1, 8, generator=g).to(dtype)
+    cache = torch.randn(2, 2, 3, 20, 8, generator=g).to(dtype)
+    k, v = cache[0, :, :, :13], cache[1, :, :, :13]  # views of a longer cache
+    got = one_query_attention(q, k, v)
+    assert got.dtype == dtype
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(got.float(), F.scaled_dot_product_attention(q.float(), k.float(), v.float()), **tol)
+
+
+@pytest.mark.parametrize("written_out", [False, True])
+def test_decoding_attention_choice_keeps_tokens(written_out: bool, fresh_choices, monkeypatch) -> None:
+    monkeypatch.setattr(cpu_decoding, "choose_attention", lambda *a, **k: written_out)
+    reference = tiny_gpt().train()
+    model = tiny_gpt()
+    idx = torch.tensor([[3, 1, 4, 1, 5]])
+    assert torch.equal(generate(model, idx, 30, temperature=0), generate(reference, idx, 30, temperature=0))
+    assert all(b.attn.decode_math == written_out for b in model.transformer.h)
+    assert not any(b.attn.decode_math for b in reference.transformer.h)
+
+
+def test_bf16_prefill_upcast_matches_f_linear(fresh_choices, monkeypatch) -> None:
+    monkeypatch.setattr(cpu_decoding, "choose_upcast", lambda *a: True)
+    base = torch.nn.Linear(24, 37).to(torch.bfloat16)
+    layer = DecodeLinear.from_linear(copy.deepcopy(base), "mv").eval()
+    layer.upcast = True
+    x = torch.randn(1, 5, 24).to(torch.bfloat16)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x).float(), base(x).float(), rtol=2e-2, atol=2e-2)

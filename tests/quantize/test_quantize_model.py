@@ -130,9 +130,11 @@ def test_module_swap_equals_float_model_with_dequantized_weights(
 def test_quantize_and_cpu_decoding_layout_commute(trained, method: str, monkeypatch) -> None:
     """Quantizing a model prepared for decoding (column-major weights) stores the same
     integers as quantizing the original; preparing a quantized model keeps its tokens."""
-    from gptforge.generate.cpu_decoding import ThreadSplitLinear, prepare_for_decoding
+    from gptforge.generate.cpu_decoding import DecodeLinear, prepare_for_decoding
 
-    monkeypatch.setattr("gptforge.generate.cpu_decoding.SPLIT_MIN_WEIGHTS", 0)  # split even tiny layers
+    monkeypatch.setattr("gptforge.generate.cpu_decoding.MIN_WEIGHTS", 0)  # kernels for even tiny layers
+    # the slowest-to-commute choice: weights re-stored (in, out) and split across threads
+    monkeypatch.setattr("gptforge.generate.cpu_decoding.choose_kernel", lambda *a: "split-in-out")
 
     model, windows = trained
     plain = quantize(copy.deepcopy(model), method, group_size=32)
@@ -142,7 +144,7 @@ def test_quantize_and_cpu_decoding_layout_commute(trained, method: str, monkeypa
     prompt = windows[:1, :8]
     expected = plain.generate(prompt, 12, temperature=0.0)
     prepare_for_decoding(plain)
-    assert type(plain.lm_head) is ThreadSplitLinear  # the float head is the one layer left to split
+    assert type(plain.lm_head) is DecodeLinear  # the float head is the one layer left to prepare
     assert torch.equal(plain.generate(prompt, 12, temperature=0.0), expected)
     assert torch.equal(from_prepared.generate(prompt, 12, temperature=0.0), expected)
 

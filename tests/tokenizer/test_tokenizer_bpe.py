@@ -182,3 +182,28 @@ def test_gpt4_pattern_splits_like_tiktoken_cl100k() -> None:
         "a  ",
     ]:
         assert regex.findall(GPT4_PATTERN, text) == regex.findall(ref, text), repr(text)
+
+
+def test_streamed_batched_counts_on_workers_equal_one_pass_over_the_corpus(shakespeare: str) -> None:
+    """count_chunks in small batches on 1 and 2 processes = Counter(findall) over each document."""
+    from collections import Counter
+
+    from gptforge.tokenizer.chunk_count import count_chunks
+
+    docs = [shakespeare[i : i + 3000] + "<|endoftext|>" for i in range(0, 60000, 3000)]
+    expected: Counter[str] = Counter()
+    for d in docs:
+        for piece in d.split("<|endoftext|>"):
+            expected.update(regex.findall(PATTERNS["gpt2"], piece))
+    for workers in (1, 2):
+        got = count_chunks(iter(docs), PATTERNS["gpt2"], ["<|endoftext|>"], workers=workers, batch_chars=5000)
+        assert got == expected and list(got) == list(expected)  # the same counts, in the same order
+
+
+def test_training_on_two_workers_from_a_generator_equals_one_list(shakespeare: str) -> None:
+    docs = [shakespeare[i : i + 2500] for i in range(0, 50000, 2500)]
+    one = BPETokenizer.train(docs, 600, "gpt2", ["<|endoftext|>"])
+    two = BPETokenizer.train((d for d in docs), 600, "gpt2", ["<|endoftext|>"], workers=2)
+    assert list(one.merges) == list(two.merges) and one.fingerprint() == two.fingerprint()
+    chunks = [list(w.encode()) for d in docs for w in regex.findall(PATTERNS["gpt2"], d)]
+    assert list(one.merges)[:40] == naive_train(chunks, 40)  # and both are BPE

@@ -6,21 +6,23 @@ from __future__ import annotations
 import argparse
 import json
 
+from gptforge.cli.options import DEVICE_HELP
 from gptforge.errors import GptforgeError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="a classifier model dir or its run dir")
     parser.add_argument("--text", required=True, action="append", help="text to classify (repeatable)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default cpu)")
+    parser.add_argument("--device", default="cpu", help=f"{DEVICE_HELP} (default cpu)")
     parser.add_argument("--json", action="store_true", help="one JSON object per text on stdout")
 
 
 def run(args: argparse.Namespace) -> int:
     from gptforge.finetune.classify import GPTClassifier, encode_texts, predict
     from gptforge.model.loading import load_model
+    from gptforge.train.device import resolve_device
 
-    model = load_model(args.model, device=args.device)
+    model = load_model(args.model, device=resolve_device(args.device, flag="--device"))
     if not isinstance(model, GPTClassifier):
         raise GptforgeError(
             f"{args.model} is not a classifier (its config.json has no 'classifier' key); "

@@ -13,13 +13,15 @@ context (completion style): hellaswag (the registered validation set), mc:FILE.j
 examples:
   gptforge eval --model models/gpt2 --text the-verdict.txt
   gptforge eval --model runs/shakespeare --data data/shakespeare --split val --json
-  gptforge eval --model models/gpt2 --task hellaswag --dtype bfloat16 --limit 500
+  gptforge eval --model models/gpt2 --task hellaswag --dtype bf16 --limit 500
   gptforge eval --model models/gpt2 --task mc:my_quiz.jsonl --json --log-samples samples.jsonl
 """
 
 from __future__ import annotations
 
 import argparse
+
+from gptforge.cli.options import DEVICE_HELP, DTYPE_HELP, dtype_name
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,9 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stride", type=int, default=None, help="window step (default block_size // 2)")
     parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
     parser.add_argument("--max-tokens", type=int, default=None, help="evaluate only the first N tokens")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto (default)")
+    parser.add_argument("--device", default="auto", help=f"{DEVICE_HELP} (default auto)")
     parser.add_argument(
-        "--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="weight dtype (default float32)"
+        "--dtype", default="fp32", type=dtype_name, help=f"weight dtype: {DTYPE_HELP} (default fp32)"
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     parser.add_argument("--limit", type=int, default=None, help="with --task: score only the first N items")
@@ -80,7 +82,6 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     import numpy as np
-    import torch
 
     from gptforge.errors import ConfigError, DataError
     from gptforge.evaluate import evaluate_tokens, text_tokens, token_byte_lengths
@@ -90,10 +91,10 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
-    from gptforge.train.device import resolve_device
+    from gptforge.train.device import DTYPES, resolve_device
 
     device = str(resolve_device(args.device, flag="--device"))
-    model = load_model(args.model, device=device, dtype=getattr(torch, args.dtype))
+    model = load_model(args.model, device=device, dtype=DTYPES[args.dtype])
     if args.task is not None:
         return _run_task(args, model, device)
     tok = model.tokenizer

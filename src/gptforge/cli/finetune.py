@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from gptforge.cli.options import DEVICE_HELP
 from gptforge.config import finite_float
 from gptforge.errors import GptforgeError
 from gptforge.io import OVERWRITE_HELP
@@ -41,13 +42,23 @@ def _common(p: argparse.ArgumentParser, epochs: int, batch_size: int, lora_facto
     p.add_argument("--lora-alpha", type=finite_float, default=16.0, help="LoRA alpha (the update is scaled by alpha/r)")
     p.add_argument("--lora-dropout", type=finite_float, default=0.05, help="dropout on the LoRA input")
     p.add_argument("--lora-targets", default="c_attn,c_proj,c_fc", help="comma-separated layer names to adapt")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default cpu)")
+    p.add_argument("--device", default="cpu", help=f"{DEVICE_HELP} (default cpu)")
     p.add_argument("--checkpoint-every", type=int, default=100,
                    help="steps between progress checkpoints kept beside --out (and one per epoch); a stopped "
                         "run continues from the last when the same command runs again; 0: none (default 100)")
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP + "; a stopped run's progress is discarded")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--json", action="store_true", help="print results.json as one JSON object on stdout")
+
+
+def _device(args: argparse.Namespace) -> str:
+    """``--device auto`` (and cuda without an index) made concrete before the run starts; under
+    torchrun each process takes its own GPU (LOCAL_RANK)."""
+    import os
+
+    from gptforge.train.device import resolve_device
+
+    return str(resolve_device(args.device, int(os.environ.get("LOCAL_RANK", "0")), flag="--device"))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -119,7 +130,7 @@ def run_classify(args: argparse.Namespace) -> int:
         label_column=args.label_column, train=args.train, last_k=args.last_k, balance=args.balance,
         max_length=args.max_length, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
         lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
-        lora_targets=_targets(args), device=args.device, overwrite=args.overwrite, resume=bool(args.resume),
+        lora_targets=_targets(args), device=_device(args), overwrite=args.overwrite, resume=bool(args.resume),
         overrides=getattr(args, "overrides", None),
     )  # fmt: skip
     results = run_classification(opts, _loop(args, lora=args.train == "lora"))
@@ -144,7 +155,7 @@ def run_instruct(args: argparse.Namespace) -> int:
         lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout, lora_targets=_targets(args),
         merge=args.merge, max_length=args.max_length, on_too_long=args.on_too_long,
         val_fraction=args.val_fraction, eval_samples=args.eval_samples, max_new_tokens=args.max_new_tokens,
-        device=args.device, overwrite=args.overwrite, resume=bool(args.resume),
+        device=_device(args), overwrite=args.overwrite, resume=bool(args.resume),
         overrides=getattr(args, "overrides", None),
     )  # fmt: skip
     results = run_instruct(opts, _loop(args, lora=args.lora_rank > 0))

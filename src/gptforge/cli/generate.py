@@ -17,6 +17,7 @@ import logging
 import sys
 import time
 
+from gptforge.cli.options import DEVICE_HELP, DTYPE_HELP, dtype_name
 from gptforge.config import finite_float
 
 logger = logging.getLogger(__name__)
@@ -35,9 +36,9 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--presence-penalty", type=finite_float, default=0.0, help="OpenAI presence penalty; 0 = off")
     parser.add_argument("--stop", nargs="+", default=None, metavar="S", help="stop strings (not printed)")
     parser.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto (default)")
-    parser.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=None,
-                        help="weight dtype (default: as saved)")
+    parser.add_argument("--device", default="auto", help=f"{DEVICE_HELP} (default auto)")
+    parser.add_argument("--dtype", type=dtype_name, default=None,
+                        help=f"weight dtype: {DTYPE_HELP} (default: as saved)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -73,13 +74,12 @@ def build_config(args: argparse.Namespace, **defaults: object) -> object:
 
 def load_for_generation(args: argparse.Namespace) -> object:
     """Load the model named by --model on --device/--dtype; it must carry a tokenizer."""
-    import torch
 
     from gptforge.errors import ModelError
     from gptforge.model.loading import load_model
-    from gptforge.train.device import resolve_device
+    from gptforge.train.device import DTYPES, resolve_device
 
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, None: None}[args.dtype]
+    dtype = DTYPES[args.dtype] if args.dtype is not None else None
     model = load_model(args.model, device=resolve_device(args.device, flag="--device"), dtype=dtype)
     if getattr(model, "tokenizer", None) is None:
         raise ModelError(f"the model at {args.model} has no tokenizer.json; save the model with its tokenizer")

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gptforge.cli.options import DTYPE_HELP, dtype_name
 from gptforge.config import finite_float
 from gptforge.errors import ConfigError
 from gptforge.model.config import GPTConfig  # no torch: configs are checked before torch loads
@@ -36,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     info.add_argument("--seq-len", type=int, default=None, help="sequence length T for the attention FLOPs (default block_size)")
     info.add_argument("--tokens-per-s", type=finite_float, default=None, help="measured training throughput, for MFU")
     info.add_argument("--peak", default="h100-sxm", help="device for MFU: a table name (h100-sxm, a100, ...) or peak FLOP/s as a number")
-    info.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "tf32", "fp32"], help="dtype of the peak figure")
+    info.add_argument("--dtype", default="bf16", type=lambda s: dtype_name(s, extra=("tf32",)),
+                      help=f"dtype of the peak figure: {DTYPE_HELP}, or tf32")
     info.add_argument("--json", action="store_true", help="print one JSON object")
     info.set_defaults(_run=run_info, _accepts_overrides=True)
 

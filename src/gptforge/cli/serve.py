@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from gptforge.cli.options import DEVICE_HELP
 from gptforge.errors import GptforgeError
 
 
@@ -34,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
                         help="also serve this browser origin / host (e.g. http://myhost:8000); '*' = any. "
                              "By default only this server's own pages on localhost or the bound address")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, mps")
+    parser.add_argument("--device", default="cpu", help=f"{DEVICE_HELP} (default cpu)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,10 +60,11 @@ def run(args: argparse.Namespace) -> int:
     if not 0 < args.port < 65536:
         raise GptforgeError(f"--port must be in 1..65535, got {args.port}")
     from gptforge.generate.cpu_decoding import prepare_for_decoding
+    from gptforge.train.device import resolve_device
 
     # The same weight layout as `gptforge generate`, so equal seeds give equal text (and
     # batch-1 CPU decoding reads weights faster).
-    model = prepare_for_decoding(load_model(args.model, device=args.device))
+    model = prepare_for_decoding(load_model(args.model, device=resolve_device(args.device, flag="--device")))
     if model.tokenizer is None:
         raise GptforgeError(f"{args.model} has no tokenizer.json; the server needs one to read prompts")
     name = args.model_name or Path(args.model).resolve().name

@@ -60,6 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--verbose", action="store_true", help="print every merge as it is learned (bpe, regex-bpe)"
     )
     p.add_argument("--errors", choices=("strict", "replace"), default="strict", help=errors_help)
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="bpe, regex-bpe: processes that split and count the corpus (default 1)")
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(_run=_train)
 
@@ -110,7 +112,7 @@ def _train(args: argparse.Namespace) -> int:
     """Learn a tokenizer from text files and write DIR/tokenizer.json."""
     from pathlib import Path
 
-    from gptforge.tokenizer.files import TOKENIZER_FILE, read_texts, save_tokenizer
+    from gptforge.tokenizer.files import TOKENIZER_FILE, iter_texts, read_texts, save_tokenizer
 
     out = Path(args.out) / TOKENIZER_FILE
     if out.exists() and not args.overwrite:
@@ -125,12 +127,17 @@ def _train(args: argparse.Namespace) -> int:
         raise TokenizerError(
             f"--vocab-size is required for --kind {args.kind} (e.g. --vocab-size 4096)"
         )
+    if args.workers < 1:
+        raise TokenizerError(f"--workers must be at least 1, got {args.workers}")
     specials = DEFAULT_SPECIALS[args.kind] if args.special is None else args.special
     if any(not s for s in specials):
         raise TokenizerError("--special tokens must be non-empty strings")
-    texts = read_texts(args.input, args.errors)
-    if not any(texts):
-        raise TokenizerError(f"the corpus is empty: {', '.join(args.input)} hold no text")
+    if args.kind in ("bpe", "regex-bpe"):  # streamed: memory grows with distinct chunks, not the corpus
+        texts = iter_texts(args.input, args.errors)
+    else:
+        texts = read_texts(args.input, args.errors)
+        if not any(texts):
+            raise TokenizerError(f"the corpus is empty: {', '.join(args.input)} hold no text")
 
     if args.kind == "char":
         from gptforge.tokenizer.char import CharTokenizer
@@ -155,6 +162,7 @@ def _train(args: argparse.Namespace) -> int:
             pattern,
             specials,
             on_merge=_merge_printer(args, args.vocab_size - 256 - len(specials)),
+            workers=args.workers,
         )
     path = save_tokenizer(tok, args.out)
     print(f"wrote {path}: {tok.kind}, vocab size {tok.vocab_size}, fingerprint {tok.fingerprint()}")

@@ -97,6 +97,13 @@ def stream_tokens(
     if cfg.max_new_tokens == 0:
         return
     was_training = model.training
+    if not was_training and device.type == "cpu" and not torch.compiler.is_compiling():
+        # A model already in eval mode (as load_model returns it) gets the decoding kernels
+        # measured fastest on this CPU; values stay the same and model.train() undoes the
+        # layout (see gptforge.generate.cpu_decoding). Training-time sampling is left alone.
+        from gptforge.generate.cpu_decoding import prepare_for_decoding
+
+        prepare_for_decoding(model)
     model.eval()
     try:
         yield from _decode(model, idx, cfg, attention_mask)

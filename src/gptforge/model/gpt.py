@@ -90,6 +90,23 @@ def explicit_attention(
     return weights @ v  # (B, nh, T, hs)
 
 
+def one_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Attention of one new query over every cached key, written out in float32.
+
+    Why: on some CPUs the fused kernel spends milliseconds per call on this tiny product
+    (an AMD EPYC on 2 threads: ~8 ms against ~0.07 ms written out, torch 2.13);
+    :mod:`gptforge.generate.cpu_decoding` measures both and sets ``decode_math``.
+
+    Args:
+        q: (B, nh, 1, hs); k, v: (B, nh, S, hs).
+
+    Returns:
+        (B, nh, 1, hs) in q's dtype.
+    """
+    scores = q.float() @ k.float().transpose(-2, -1) * (1.0 / math.sqrt(q.shape[-1]))  # (B, nh, 1, S)
+    return (F.softmax(scores, dim=-1) @ v.float()).to(q.dtype)  # (B, nh, 1, hs)
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention, explicit or fused (same weights, same results)."""
 
@@ -104,6 +121,8 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
         self.dropout_p = config.dropout
         self.impl = config.attention
+        self.decode_math = False  # one-query decoding attention written out (see one_query_attention)
+        self.one_query = one_query_attention  # what decode_math switches to (timed by its setter)
         if config.qk_norm:  # per-head norms over hs: bounded attention logits, steadier training
             self.q_norm = make_norm(config, self.head_size)
             self.k_norm = make_norm(config, self.head_size)
@@ -131,7 +150,9 @@ class CausalSelfAttention(nn.Module):
             y = explicit_attention(q, k, v, mask, self.attn_dropout)  # (B, nh, T, hs)
         else:
             p = self.dropout_p if self.training else 0.0
-            if mask is None and T == 1:  # one new query (decoding) sees every cached key
+            if mask is None and T == 1 and self.decode_math and not self.training:
+                y = self.one_query(q, k, v)  # (B, nh, 1, hs)
+            elif mask is None and T == 1:  # one new query (decoding) sees every cached key
                 y = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
             elif mask is None and k.shape[2] == T:  # no cache: plain causal, flash kernels
                 y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)

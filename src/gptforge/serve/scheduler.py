@@ -338,19 +338,72 @@ class Scheduler:
                 infos.append(TokenInfo(tok, chosen[j], top))
         s.listener(Event("prompt", tokens=infos))
 
-    def _sampled(self, s: Sequence, logits: torch.Tensor) -> bool:
-        """Sample the next token of ``s`` from its (1, V) logits and report it; False if it ended."""
+    def _sample_rows(self, seqs: list[Sequence], logits: torch.Tensor) -> list[TokenInfo]:
+        """The next token of each sequence from its row of ``logits`` (n, V), with logprobs.
+
+        The same operations as the engine's :func:`~gptforge.generate.sampling.sample` on each
+        row alone, batched where that cannot change a value: greedy rows share one argmax;
+        plain temperature rows share the shift, scale and softmax (row-wise operations), and
+        each draws with its own generator. Rows with penalties or top-k/top-p go one by one.
+        """
+        n = len(seqs)
+        biased = logits
+        pairs = [(r, t, b) for r, s in enumerate(seqs) for t, b in (s.params.logit_bias or {}).items()]
+        if pairs:
+            biased = logits.clone()
+            rows, toks, vals = zip(*pairs)
+            biased.index_put_((torch.tensor(rows), torch.tensor(toks)),
+                              torch.tensor(vals, dtype=logits.dtype), accumulate=True)
+        chosen = [0] * n
+        greedy, plain, single = [], [], []
+        for r, s in enumerate(seqs):
+            p = s.params
+            if s.seen is not None or s.counts is not None or p.top_k is not None or p.top_p is not None:
+                single.append(r)
+            elif p.temperature == 0:
+                greedy.append(r)
+            else:
+                plain.append(r)
+        if greedy:
+            for r, t in zip(greedy, torch.argmax(biased[greedy], dim=-1).tolist()):
+                chosen[r] = t
+        if plain:
+            x = biased[plain]  # (m, V)
+            temps = torch.tensor([seqs[r].params.temperature for r in plain], dtype=torch.float64)[:, None]
+            scale = temps != 1.0  # the engine leaves temperature-1 logits untouched
+            shifted = torch.where(scale, x - x.max(dim=-1, keepdim=True).values, x)
+            probs = torch.softmax((shifted.double() / temps).to(x.dtype), dim=-1)  # (m, V)
+            for j, r in enumerate(plain):
+                chosen[r] = int(torch.multinomial(probs[j : j + 1], 1, generator=seqs[r].generator))
+        for r in single:
+            s, p = seqs[r], seqs[r].params
+            row = biased[r : r + 1]
+            if s.seen is not None:
+                row = apply_repetition_penalty(row, s.seen, p.repetition_penalty)
+            if s.counts is not None:
+                row = apply_frequency_penalty(row, s.counts, p.frequency_penalty, p.presence_penalty)
+            chosen[r] = int(sample(row, p.temperature, p.top_k, p.top_p, None, s.generator)[0])
+        infos = [TokenInfo(t) for t in chosen]
+        want = [r for r, s in enumerate(seqs) if s.params.logprobs is not None]
+        if want:
+            logp = F.log_softmax(logits[want].float(), dim=-1)  # (w, V) the model's own distribution
+            picked = logp.gather(1, torch.tensor([chosen[r] for r in want])[:, None])[:, 0].tolist()
+            k = max(seqs[r].params.logprobs or 0 for r in want)
+            top = torch.topk(logp, k, dim=-1) if k > 0 else None
+            for j, r in enumerate(want):
+                infos[r].logprob = picked[j]
+                n_top = seqs[r].params.logprobs or 0
+                if top is not None and n_top > 0:
+                    infos[r].top = list(zip(top.indices[j, :n_top].tolist(), top.values[j, :n_top].tolist()))
+        return infos
+
+    def _sampled(self, s: Sequence, logits: torch.Tensor, info: TokenInfo | None = None) -> bool:
+        """Take the next token of ``s`` (sampled from its (1, V) logits unless ``info`` is
+        given) and report it; False if the sequence ended."""
         p = s.params
-        raw = logits
-        if s.seen is not None:
-            logits = apply_repetition_penalty(logits, s.seen, p.repetition_penalty)
-        if s.counts is not None:
-            logits = apply_frequency_penalty(logits, s.counts, p.frequency_penalty, p.presence_penalty)
-        if p.logit_bias:
-            logits = logits.clone()
-            for tok, bias in p.logit_bias.items():
-                logits[0, tok] += bias
-        tok = int(sample(logits, p.temperature, p.top_k, p.top_p, None, s.generator)[0])
+        if info is None:
+            info = self._sample_rows([s], logits)[0]
+        tok = info.id
         s.generated += 1
         s.tokens.append(tok)
         if s.seen is not None:
@@ -364,13 +417,6 @@ class Scheduler:
             self.stats.token_latency.observe(now - s.last_token_at)
         s.last_token_at = now
         self.stats.tokens_generated += 1
-        info = TokenInfo(tok)
-        if p.logprobs is not None:
-            logp = F.log_softmax(raw.float(), dim=-1)[0]  # (V,) the model's own distribution
-            info.logprob = float(logp[tok])
-            if p.logprobs > 0:
-                top = torch.topk(logp, p.logprobs)
-                info.top = list(zip(top.indices.tolist(), top.values.tolist()))
         if self.eot is not None and tok == self.eot:  # the end-of-text token ends it, unshown
             s.listener(Event("token", token=info))
             self._finish(s, "stop")
@@ -465,9 +511,10 @@ class Scheduler:
         self.stats.steps += 1
         logits = logits[:, -1, :].float()  # (n, V)
         ended = []
+        infos = self._sample_rows(self._running, logits)
         for i, s in enumerate(self._running):
             s.length += 1
-            if not self._sampled(s, logits[i : i + 1]):
+            if not self._sampled(s, logits[i : i + 1], infos[i]):
                 ended.append(i)
         for i in reversed(ended):
             self._leave(i, None)

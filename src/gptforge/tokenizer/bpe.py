@@ -14,8 +14,7 @@ then the special tokens. The trainer is :func:`gptforge.tokenizer.bpe_train.trai
 from __future__ import annotations
 
 import logging
-from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import regex
@@ -24,6 +23,7 @@ from gptforge.errors import TokenizerError
 from gptforge.tokenizer.base import Tokenizer, check_ids, resolve_allowed_special, split_on_specials
 from gptforge.tokenizer.bpe_core import Pair, bpe_merge_chunk
 from gptforge.tokenizer.bpe_train import MergeCallback, train_bpe
+from gptforge.tokenizer.chunk_count import count_chunks
 from gptforge.tokenizer.gpt2 import GPT2_PATTERN
 
 logger = logging.getLogger(__name__)
@@ -88,11 +88,12 @@ class BPETokenizer(Tokenizer):
     @classmethod
     def train(
         cls,
-        texts: str | Sequence[str],
+        texts: str | Iterable[str],
         vocab_size: int,
         pattern: str | None = None,
         specials: Iterable[str] = (),
         on_merge: MergeCallback | None = None,
+        workers: int = 1,
     ) -> BPETokenizer:
         """Learn a tokenizer of ``vocab_size`` ids (bytes + merges + specials) from ``texts``.
 
@@ -102,8 +103,11 @@ class BPETokenizer(Tokenizer):
             pattern: ``"gpt2"``, ``"gpt4"``, a regex, or None for the plain ``bpe`` kind.
             specials: special tokens (they are cut out of the corpus before counting).
             on_merge: called after each merge ``(i, pair, new_id, count)``.
+            workers: processes that split and count the corpus (it is read as an
+                iterable, document by document, and counted in bounded batches; see
+                :mod:`gptforge.tokenizer.chunk_count`).
         """
-        texts = [texts] if isinstance(texts, str) else list(texts)
+        texts = [texts] if isinstance(texts, str) else texts
         specials = list(dict.fromkeys(specials))
         if pattern is None and specials:
             logger.info("the plain bpe kind also supports special tokens; they get the last ids")
@@ -113,29 +117,32 @@ class BPETokenizer(Tokenizer):
                 f"vocab size {vocab_size} is too small for a byte-level BPE: it needs at least {minimum} "
                 f"(256 byte tokens + {len(specials)} special tokens); pass --vocab-size {minimum} or more"
             )
-        if not any(texts):
-            raise TokenizerError("the corpus is empty; give text to learn merges from")
         pattern_name = pattern if pattern in PATTERNS else None
         pattern_str = PATTERNS.get(pattern, pattern) if pattern is not None else None
         if pattern_str is not None:
             try:
-                compiled = regex.compile(pattern_str)
+                regex.compile(pattern_str)  # a bad pattern fails here, with its message
             except regex.error as e:
                 raise TokenizerError(
                     f"split pattern {pattern!r} is not a valid regex ({e}); use gpt2, gpt4 or a valid regex"
                 ) from None
-        chunks: Counter[bytes] = Counter()
-        for text in texts:
-            for piece, is_special in split_on_specials(text, set(specials)):
-                if is_special:
-                    continue
-                if pattern_str is None:
-                    chunks[piece.encode("utf-8")] += 1
-                else:
-                    words = Counter(compiled.findall(piece))
-                    for w, c in words.items():
-                        chunks[w.encode("utf-8")] += c
-        merges = train_bpe(chunks, vocab_size - minimum, on_merge=on_merge)
+        seen = [False]
+
+        def documents() -> Iterator[str]:
+            for text in texts:
+                seen[0] = seen[0] or bool(text)
+                yield text
+
+        counts = count_chunks(documents(), pattern_str, specials, workers=workers)
+        if not seen[0]:
+            raise TokenizerError("the corpus is empty; give text to learn merges from")
+
+        def as_bytes() -> Iterator[tuple[bytes, int]]:  # one chunk at a time, then the counts go
+            for w, c in counts.items():
+                yield w.encode("utf-8"), c
+            counts.clear()
+
+        merges = train_bpe(as_bytes(), vocab_size - minimum, on_merge=on_merge)
         first_special = 256 + len(merges)
         return cls(
             merges,

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,20 @@ def read_texts(paths: Sequence[str | os.PathLike], errors: str = "strict") -> li
     if not paths:
         raise TokenizerError("no input files given; pass at least one text file")
     return [read_text(p, errors) for p in paths]
+
+
+def iter_texts(paths: Sequence[str | os.PathLike], errors: str = "strict") -> Iterator[str]:
+    """Read several text files one at a time, as they are consumed (see :func:`read_text`).
+
+    Missing files and folders are reported before the first file is read, so a long run
+    does not fail at its last input; bad UTF-8 is reported when its file is reached.
+    """
+    if not paths:
+        raise TokenizerError("no input files given; pass at least one text file")
+    for p in paths:
+        if not Path(p).is_file():
+            read_text(p, errors)  # raises the message for a missing file or a folder
+    return (read_text(p, errors) for p in paths)
 
 
 def save_tokenizer(tok: Tokenizer, path: str | os.PathLike) -> Path:
