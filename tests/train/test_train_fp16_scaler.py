@@ -58,7 +58,7 @@ def test_fp16_grad_scaler_step_checkpoint_and_resume(char_data: Path, tmp_path: 
     cfg = lambda steps: build_run_config(None, None, {**BASE, "data.dir": str(char_data),  # noqa: E731
                                                       "train.max_steps": steps})
     spy = _Spy()
-    straight = train(cfg(STEPS), tmp_path / "straight", hooks=[spy])
+    train(cfg(STEPS), tmp_path / "straight", hooks=[spy])
     assert spy.autocast_dtypes == {torch.float16}  # the forward ran in fp16
     assert len(set(spy.scales)) > 1  # the scale moved (grew, or backed off on an overflow)
     losses = _losses(tmp_path / "straight")
