@@ -262,3 +262,14 @@ def test_tokenizing_a_huge_prompt_does_not_block_other_clients(tmp_path) -> None
     assert result["status"] == 400  # far longer than the context, found after encoding it
     assert result["seconds"] > 2.0 and len(waits) >= 5, result  # it did take a while
     assert max(waits) < 1.5, waits
+
+
+def test_chat_n_seed_stop_equal_completions(server) -> None:
+    """Chat choices are completions of the rendered prompt: choice j uses seed + j, and a stop
+    string cuts both the same way."""
+    body = {"max_tokens": 10, "temperature": 0.9, "seed": 11, "n": 2, "stop": ["e"]}
+    chat = _post(server, "/v1/chat/completions", {**body, "messages": [{"role": "user", "content": "Hey"}]}).json()
+    texts = [c["message"]["content"] for c in sorted(chat["choices"], key=lambda c: c["index"])]
+    comp = _post(server, "/v1/completions", {**body, "prompt": "Hey\n\n"}).json()
+    assert texts == [c["text"] for c in sorted(comp["choices"], key=lambda c: c["index"])]
+    assert all("e" not in t for t in texts) and chat["usage"] == comp["usage"]
