@@ -11,6 +11,12 @@ first times a few training steps (fp32 and bf16 autocast, with torch's default
 thread count and with one thread) and keeps the fastest, and sets the run length
 from that; the schedule then decays over the
 whole run, which gives a better model than stopping a longer schedule early.
+
+Which recipe: the classic one (``shakespeare-char-cpu``) or the modern one
+(``shakespeare-char-modern-cpu``: rotary positions, RMSNorm, QK-norm, ReLU², Muon), which
+learns more per step but costs more per step. The demo times the modern one and takes it
+when at least ``MODERN_MIN_STEPS`` of its steps fit the budget (README "A modern recipe"
+has the measurements), and prints which one it used and why; ``--preset`` chooses by hand.
 """
 
 from __future__ import annotations
@@ -29,7 +35,11 @@ from gptforge.train.config import RunConfig, preset_config
 logger = logging.getLogger(__name__)
 
 PRESET = "shakespeare-char-cpu"
+MODERN_PRESET = "shakespeare-char-modern-cpu"
 MIN_STEPS, MAX_STEPS = 300, 20000
+# The modern recipe is taken once this many of its steps fit the budget: from there on it
+# is ahead of the classic recipe given the same time (README "A modern recipe").
+MODERN_MIN_STEPS = 500
 
 
 @dataclass
@@ -48,16 +58,19 @@ class DemoResult:
     total_time_s: float
     precision: str
     threads: int
+    preset: str = PRESET
+    reason: str = ""
 
 
 def measure_steps_per_s(cfg: RunConfig, vocab_size: int, precision: str, max_seconds: float = 1.5) -> float:
     """Training steps per second of this model on this CPU (random batches, one warm-up step)."""
     from gptforge.model.gpt import GPT
     from gptforge.train.device import autocast_context
+    from gptforge.train.optim import build_optimizer
 
     torch.manual_seed(0)
     model = GPT(apply(cfg.model, {"vocab_size": vocab_size}))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = build_optimizer(model, cfg.train, torch.device("cpu"))  # Muon's step costs more than AdamW's
     B, T = cfg.train.batch_size, cfg.model.block_size
     x = torch.randint(0, vocab_size, (B, T))
     autocast = autocast_context(torch.device("cpu"), precision)
@@ -106,10 +119,21 @@ def pick_cpu_settings(cfg: RunConfig, vocab_size: int, precision: str | None) ->
     return chosen, threads, rate
 
 
+def choose_preset(time_budget_s: float, vocab_size: int, precision: str | None) -> tuple[str, str]:
+    """(preset, why): the modern recipe when ``MODERN_MIN_STEPS`` of its steps fit the budget here."""
+    _, _, rate = pick_cpu_settings(preset_config(MODERN_PRESET), vocab_size, precision)
+    fits = int(0.92 * time_budget_s * rate)
+    if fits >= MODERN_MIN_STEPS:
+        return MODERN_PRESET, (f"{fits} of its steps fit in {time_budget_s:g}s on this machine; from "
+                               f"{MODERN_MIN_STEPS} on it beats {PRESET} given the same time")
+    return PRESET, (f"only {fits} steps of {MODERN_PRESET} fit in {time_budget_s:g}s on this machine; "
+                    f"it needs {MODERN_MIN_STEPS} to beat {PRESET} given the same time")
+
+
 def demo_config(data_dir: Path, time_budget_s: float, max_steps: int | None, precision: str | None,
-                vocab_size: int) -> tuple[RunConfig, int]:
-    """nanoGPT's CPU recipe, with the run length fitted to the time budget; and the threads to use."""
-    cfg = preset_config(PRESET)
+                vocab_size: int, preset: str = PRESET) -> tuple[RunConfig, int]:
+    """A CPU recipe (``preset``), with the run length fitted to the time budget; and the threads to use."""
+    cfg = preset_config(preset)
     cfg = apply(cfg, {"data.dir": str(data_dir), "train.device": "cpu", "train.eval_interval": 250,
                       "train.ckpt_interval": 1000, "train.keep_last": 1, "log.interval": 10})
     threads = torch.get_num_threads()
@@ -142,8 +166,12 @@ def run_demo(
     sample_tokens: int = 500,
     seed: int = 1337,
     progress: bool = True,
+    preset: str | None = None,
 ) -> DemoResult:
-    """Prepare, train, plot and sample; returns where everything went."""
+    """Prepare, train, plot and sample; returns where everything went.
+
+    ``preset`` None: the modern or the classic recipe, as :func:`choose_preset` decides.
+    """
     from gptforge.data.shards import open_dataset
     from gptforge.model.loading import load_model
     from gptforge.train.loop import train
@@ -154,9 +182,14 @@ def run_demo(
     out.mkdir(parents=True, exist_ok=True)
     data_dir = prepare_shakespeare(out / "data")
     dataset = open_dataset(data_dir)
-    cfg, threads = demo_config(data_dir, time_budget_s, max_steps, precision, dataset.vocab_size)
+    if preset is None:
+        preset, reason = choose_preset(time_budget_s, dataset.vocab_size, precision)
+    else:
+        reason = "chosen with --preset"
+    logger.info("recipe: %s (%s)", preset, reason)
+    cfg, threads = demo_config(data_dir, time_budget_s, max_steps, precision, dataset.vocab_size, preset)
     cfg = apply(cfg, {"train.seed": seed, "log.progress": progress})
-    logger.info("training %s for %d steps (%s, %d thread(s), up to %.0fs)", PRESET, cfg.train.max_steps,
+    logger.info("training %s for %d steps (%s, %d thread(s), up to %.0fs)", preset, cfg.train.max_steps,
                 cfg.train.precision, threads, cfg.train.time_budget_s)
     default_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -180,7 +213,7 @@ def run_demo(
         plot_skipped=skipped, sample_file=sample_file, sample=sample, steps=result.step,
         val_loss=result.last_eval.get("val") if result.last_eval else None,
         train_time_s=result.train_time_s, total_time_s=time.perf_counter() - t_start,
-        precision=cfg.train.precision, threads=threads,
+        precision=cfg.train.precision, threads=threads, preset=preset, reason=reason,
     )
 
 

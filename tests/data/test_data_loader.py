@@ -69,9 +69,25 @@ def test_random_windows_inside_shards(two_shard_ds):
         assert x.shape == (16, 32) and y.shape == (16, 32) and x.dtype == torch.long
         _rows_are_windows(x, y, shards)
         starts.update(x[:, 0].tolist())
-    # both shards are drawn from, and the last valid start of each shard is reachable
+    # both shards are drawn from, and no window runs past its shard's end
     assert any(s < 500 for s in starts) and any(s >= 500 for s in starts)
     assert max(s for s in starts if s < 500) <= 500 - 33
+
+
+def test_random_starts_are_exactly_the_valid_ones(tmp_path):
+    """Every valid start of every shard is drawn, and nothing else: nanoGPT's
+    ``randint(len(data) - block_size)`` per shard is the reference (the old check, an upper
+    bound only, passed with the last start of each shard unreachable)."""
+    a, b = np.arange(0, 40), np.arange(100, 137)  # token value == position: a window names its start
+    ds = open_dataset(make_dataset(tmp_path / "ds", {"train": [a, b], "val": [np.arange(20)]}))
+    block = 8
+    loader = BatchLoader(ds, "train", batch_size=16, block_size=block, seed=5)
+    drawn = set()
+    for _ in range(300):  # 4800 draws over 61 starts: each is missed with probability < 1e-30
+        x, _ = loader.next_batch()
+        drawn.update(x[:, 0].tolist())
+    want = {int(shard[i]) for shard in (a, b) for i in range(len(shard) - block)}
+    assert drawn == want, (sorted(want - drawn), sorted(drawn - want))
 
 
 @pytest.mark.parametrize("mode", ["random", "sequential"])

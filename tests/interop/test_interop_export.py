@@ -127,3 +127,35 @@ def test_export_char_tokenizer_needs_weights_only(tmp_path) -> None:
     idx = torch.randint(0, tok.vocab_size, (1, 16))
     with torch.no_grad():
         torch.testing.assert_close(hf(idx).logits, model(idx), rtol=0, atol=1e-4)
+
+
+LLAMA = dict(positions="rope", normalization="rmsnorm", activation="swiglu", bias=False, tie_weights=False,
+             mlp_multiple_of=32, rope_base=1000.0)
+
+
+@pytest.mark.parametrize("overrides", [LLAMA, {**LLAMA, "pad_vocab_to": 64, "tie_weights": True}],
+                         ids=["llama", "llama-padded-tied"])
+def test_modern_model_exports_as_llama_with_same_logits(tmp_path, overrides) -> None:
+    src, model = _model_dir(tmp_path, **overrides)
+    out = tmp_path / "hf"
+    export_hf(src, out, weights_only=True)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out, local_files_only=True).eval()
+    assert type(hf).__name__ == "LlamaForCausalLM"
+    idx = torch.randint(0, model.config.vocab_size, (2, 32))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(idx).logits, model(idx), rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("overrides,named", [
+    ({**LLAMA, "qk_norm": True}, "qk_norm"),
+    ({**LLAMA, "activation": "relu2"}, "activation 'relu2'"),
+    ({**LLAMA, "logit_softcap": 30.0}, "logit_softcap 30.0"),
+    ({"activation": "relu2"}, "activation 'relu2'"),
+    ({"normalization": "rmsnorm"}, "normalization 'rmsnorm'"),
+    ({"logit_softcap": 30.0}, "logit_softcap 30.0"),
+])
+def test_export_refuses_modern_combinations_by_name(tmp_path, overrides, named) -> None:
+    src, _ = _model_dir(tmp_path, **overrides)
+    with pytest.raises(ModelError, match=named):
+        export_hf(src, tmp_path / "hf", weights_only=True)
+    assert not (tmp_path / "hf").exists()

@@ -28,7 +28,7 @@ def _gpt(seed: int = 0, **kw: object) -> GPT:
     base = dict(vocab_size=61, block_size=24, n_layer=2, n_head=2, n_embd=32)
     model = GPT(GPTConfig(**{**base, **kw})).eval()
     with torch.no_grad():  # gains away from 1, so a wrongly mapped or skipped norm shows
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.dim() == 1:
                 p.add_(0.3 * torch.randn_like(p))
     return model

@@ -223,3 +223,53 @@ def test_429_comes_before_any_byte_and_hangups_free_rows(tiny_model_dir) -> None
             time.sleep(0.05)
         assert _health(s)["active"] == 0
         assert httpx.post(s.url + "/v1/completions", json={"prompt": "x", "max_tokens": 2}).status_code == 200
+
+
+def test_tokenizing_a_huge_prompt_does_not_block_other_clients(tmp_path) -> None:
+    """The pure-Python BPE tokenizer needs seconds for a 900 KB prompt; it runs in a worker
+    thread, so /health keeps answering meanwhile (on the event loop it would wait for it)."""
+    import threading
+
+    import torch
+
+    from gptforge import GPT, GPTConfig
+    from gptforge.model.loading import save_model
+    from gptforge.tokenizer.bpe import BPETokenizer
+
+    tok = BPETokenizer.train("the quick brown fox jumps over the lazy dog " * 40, 300)
+    torch.manual_seed(0)
+    save_model(GPT(GPTConfig.from_preset("test-tiny", vocab_size=tok.vocab_size, block_size=64)), tmp_path / "m", tok)
+    text = ("the quick brown fox jumps over the lazy dog " * 25000)[:900_000]
+    with start_server(tmp_path / "m") as s:
+        result: dict = {}
+
+        def big() -> None:
+            t0 = time.perf_counter()
+            result["status"] = httpx.post(s.url + "/v1/completions", json={"prompt": text, "max_tokens": 1},
+                                          timeout=300).status_code
+            result["seconds"] = time.perf_counter() - t0
+
+        worker = threading.Thread(target=big)
+        worker.start()
+        time.sleep(0.5)  # the body is sent and being encoded
+        waits = []
+        while worker.is_alive() and len(waits) < 40:
+            t0 = time.perf_counter()
+            assert httpx.get(s.url + "/health", timeout=60).status_code == 200
+            waits.append(time.perf_counter() - t0)
+            time.sleep(0.1)
+        worker.join()
+    assert result["status"] == 400  # far longer than the context, found after encoding it
+    assert result["seconds"] > 2.0 and len(waits) >= 5, result  # it did take a while
+    assert max(waits) < 1.5, waits
+
+
+def test_chat_n_seed_stop_equal_completions(server) -> None:
+    """Chat choices are completions of the rendered prompt: choice j uses seed + j, and a stop
+    string cuts both the same way."""
+    body = {"max_tokens": 10, "temperature": 0.9, "seed": 11, "n": 2, "stop": ["e"]}
+    chat = _post(server, "/v1/chat/completions", {**body, "messages": [{"role": "user", "content": "Hey"}]}).json()
+    texts = [c["message"]["content"] for c in sorted(chat["choices"], key=lambda c: c["index"])]
+    comp = _post(server, "/v1/completions", {**body, "prompt": "Hey\n\n"}).json()
+    assert texts == [c["text"] for c in sorted(comp["choices"], key=lambda c: c["index"])]
+    assert all("e" not in t for t in texts) and chat["usage"] == comp["usage"]

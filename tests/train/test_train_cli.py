@@ -132,7 +132,43 @@ def test_demo_runs_end_to_end(tmp_path: Path, cli, data_dir: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
     assert summary["steps"] == 20 and summary["val_loss"] < 4.2  # 65 chars: ln 65 = 4.17 at chance
+    assert summary["preset"] in ("shakespeare-char-cpu", "shakespeare-char-modern-cpu") and summary["reason"]
     for key in ("data", "run", "model", "plot", "sample_file"):
         assert Path(summary[key]).exists(), key
     assert len((out / "sample.txt").read_text()) > 0
     assert (out / "data" / "meta.json").is_file() and (out / "run" / "final" / "model.safetensors").is_file()
+
+
+def test_plot_overlays_several_runs_labelled_by_name(tmp_path: Path, cli) -> None:
+    pytest.importorskip("matplotlib")
+    runs = []
+    for name, losses in (("classic", [3.0, 2.5, 2.2]), ("modern", [2.8, 2.1, 1.9])):
+        run = tmp_path / name
+        run.mkdir()
+        lines = []
+        for i, v in enumerate(losses):
+            lines.append({"step": 10 * (i + 1), "tokens": 100 * (i + 1), "loss": v, "time_s": 1.5 * (i + 1)})
+            lines.append({"step": 10 * (i + 1), "tokens": 100 * (i + 1), "val_loss": round(v + 0.1, 6)})
+        (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+        runs.append(str(run))
+    out = tmp_path / "compare.png"
+    proc = cli("plot", *runs, "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert out.is_file() and out.stat().st_size > 1000
+    from gptforge.train.plot import (
+        overlay_series,  # what is drawn: one line per run, labelled by its name
+    )
+
+    assert overlay_series(runs, "time") == {"classic": [(1.5, 3.1), (3.0, 2.6), (4.5, 2.3)],
+                                            "modern": [(1.5, 2.9), (3.0, 2.2), (4.5, 2.0)]}
+    assert overlay_series(runs, "tokens")["modern"][0] == (100, 2.9)
+
+
+def test_demo_picks_the_modern_recipe_only_when_enough_of_its_steps_fit(monkeypatch) -> None:
+    from gptforge import demo
+
+    monkeypatch.setattr(demo, "pick_cpu_settings", lambda cfg, vocab, precision: ("fp32", 1, 10.0))  # 10 steps/s
+    preset, why = demo.choose_preset(180.0, 65, None)
+    assert preset == demo.MODERN_PRESET and "1656 of its steps fit in 180s" in why
+    preset, why = demo.choose_preset(20.0, 65, None)  # 184 steps < MODERN_MIN_STEPS
+    assert preset == demo.PRESET and "only 184 steps" in why and str(demo.MODERN_MIN_STEPS) in why

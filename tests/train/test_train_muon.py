@@ -1,5 +1,6 @@
-"""Muon (train.optimizer muon): the combined optimizer against torch's Muon and AdamW run
-separately, the parameter split, per-group learning rates, and a bitwise resume."""
+"""Muon (train.optimizer muon): our step against torch.optim.Muon (bitwise with bf16
+Newton-Schulz) and the SVD, the combined optimizer against Muon and AdamW run separately,
+the parameter split, per-group learning rates, and a bitwise resume."""
 
 from __future__ import annotations
 
@@ -7,12 +8,13 @@ import copy
 from pathlib import Path
 
 import torch
+from tests.train.test_train_resume import _cfg, _eval_losses, _train_losses
 
 from gptforge.model.config import GPTConfig
 from gptforge.model.gpt import GPT
 from gptforge.train.config import TrainConfig
+from gptforge.train.muon import Muon, newton_schulz
 from gptforge.train.optim import MuonWithAdamW, build_optimizer, muon_param_groups, set_lr
-from tests.train.test_train_resume import _cfg, _eval_losses, _train_losses
 
 MODERN = dict(positions="rope", normalization="rmsnorm", qk_norm=True, activation="relu2", tie_weights=False)
 
@@ -44,15 +46,45 @@ def test_groups_split_hidden_matrices_from_the_rest() -> None:
     assert [g["lr"] for g in opt.param_groups] == [0.025, 1e-3, 1e-3]
 
 
+def test_muon_in_bf16_equals_torch_muon_bitwise() -> None:
+    """Reference: torch.optim.Muon (whose Newton-Schulz is bf16) over 4 steps with weight decay."""
+    ours, ref = _model(), _model()
+    pick = lambda m: [p for n, p in m.named_parameters() if ".h." in n and p.dim() == 2]  # noqa: E731
+    opt = Muon(pick(ours), lr=0.03, weight_decay=0.1, ns_dtype="bf16")
+    ref_opt = torch.optim.Muon(pick(ref), lr=0.03, weight_decay=0.1, momentum=0.95, nesterov=True)
+    for step in range(4):
+        for model, o in ((ours, opt), (ref, ref_opt)):
+            _loss(model, step).backward()
+            o.step()
+            o.zero_grad()
+    for (name, a), b in zip(ours.named_parameters(), ref.parameters()):
+        assert torch.equal(a, b), name
+
+
+def test_newton_schulz_in_fp32_approximates_the_orthogonal_factor() -> None:
+    """Reference: U V^T from the SVD. The quintic iteration leaves singular values in about
+    [0.7, 1.2] (by design), with U V^T's singular vectors."""
+    g = torch.randn(96, 40, generator=torch.Generator().manual_seed(0))
+    u, _, vt = torch.linalg.svd(g, full_matrices=False)
+    for m in (g, g.T):
+        out = newton_schulz(m)
+        assert out.shape == m.shape and out.dtype == torch.float32
+        s = torch.linalg.svdvals(out)
+        assert 0.6 < float(s.min()) and float(s.max()) < 1.25, s
+    ref = u @ vt
+    cos = float((newton_schulz(g) * ref).sum() / (newton_schulz(g).norm() * ref.norm()))
+    assert cos > 0.98
+
+
 def test_combined_optimizer_equals_muon_and_adamw_run_separately() -> None:
-    """Reference: torch.optim.Muon on the hidden matrices and torch.optim.AdamW on the rest,
-    two optimizers stepped one after the other; same weights after 5 steps, bitwise."""
+    """Reference: Muon on the hidden matrices and torch.optim.AdamW on the rest, two
+    optimizers stepped one after the other; same weights after 5 steps, bitwise."""
     cfg = TrainConfig(optimizer="muon", lr=3e-3, muon_lr=0.04, weight_decay=0.1)
     ours, ref = _model(), _model()
     opt = build_optimizer(ours, cfg, torch.device("cpu"))
     assert isinstance(opt, MuonWithAdamW)
     muon_groups, adamw_groups = muon_param_groups(ref, cfg)
-    ref_muon = torch.optim.Muon(muon_groups, lr=0.04, momentum=0.95, nesterov=True)
+    ref_muon = Muon(muon_groups, lr=0.04, momentum=0.95, nesterov=True)
     ref_adamw = torch.optim.AdamW(adamw_groups, lr=3e-3, betas=(0.9, 0.99))
     for step in range(5):
         lr = 3e-3 * (step + 1) / 5

@@ -25,6 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="CPU precision (default: bf16 autocast if it is clearly faster here, else fp32)")
     parser.add_argument("--sample-tokens", type=int, default=500, metavar="N", help="characters to generate")
     parser.add_argument("--seed", type=int, default=1337, help="random seed")
+    parser.add_argument("--preset", choices=["shakespeare-char-cpu", "shakespeare-char-modern-cpu"],
+                        help="the recipe (default: the modern one when it is the better choice in the time budget)")
     parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
 
 
@@ -38,18 +40,21 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--max-steps must be positive, got {args.max_steps}")
     if args.time_budget_s <= 0:
         raise ConfigError(f"--time-budget-s must be positive, got {args.time_budget_s}")
-    r = run_demo(args.out, args.max_steps, args.time_budget_s, args.precision, args.sample_tokens, args.seed)
+    r = run_demo(args.out, args.max_steps, args.time_budget_s, args.precision, args.sample_tokens, args.seed,
+                 preset=args.preset)
     if args.json:
         print(json.dumps({
             "out": str(r.out), "data": str(r.data_dir), "run": str(r.run_dir), "model": str(r.final_dir),
             "plot": str(r.plot) if r.plot else None, "sample_file": str(r.sample_file), "steps": r.steps,
             "val_loss": r.val_loss, "train_time_s": round(r.train_time_s, 1),
             "total_time_s": round(r.total_time_s, 1), "precision": r.precision, "threads": r.threads,
+            "preset": r.preset, "reason": r.reason,
         }))
         return 0
     bar = "-" * 72
     print(f"\n{bar}\nSample (500 characters from a newline, temperature 0.8):\n{bar}\n{r.sample}\n{bar}")
     val = f"{r.val_loss:.4f}" if r.val_loss is not None else "n/a"
+    print(f"recipe: {r.preset} ({r.reason})")
     print(f"trained {r.steps} steps in {r.train_time_s:.0f}s ({r.precision}, {r.threads} thread(s)); val loss {val}; "
           f"total {r.total_time_s:.0f}s\n")
     print("Artifacts:")

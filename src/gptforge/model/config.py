@@ -190,6 +190,18 @@ PRESETS: dict[str, GPTConfig] = {
     ),
     # nanoGPT README's CPU recipe (n_layer=4 n_head=4 n_embd=128 block_size=64 dropout=0).
     "shakespeare-char-cpu": GPTConfig(block_size=64, n_layer=4, n_head=4, n_embd=128, dropout=0.0, bias=False),
+    # The modern recipe (bench/recipes.py, README "A modern recipe"): nanoGPT's CPU shape with
+    # rotary positions (Su et al. 2021), RMSNorm, QK-norm, ReLU² (So et al. 2021), an untied
+    # head and zero-initialised output projections (modded-nanogpt); trained with Muon.
+    "shakespeare-char-modern-cpu": GPTConfig(
+        block_size=64, n_layer=4, n_head=4, n_embd=128, dropout=0.0, bias=False, positions="rope",
+        normalization="rmsnorm", qk_norm=True, activation="relu2", tie_weights=False, zero_init_proj=True,
+    ),
+    # The same options on nanoGPT's baby GPT shape, for a GPU (not measured here: no GPU was lent).
+    "shakespeare-char-modern": GPTConfig(
+        block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=0.2, bias=False, positions="rope",
+        normalization="rmsnorm", qk_norm=True, activation="relu2", tie_weights=False, zero_init_proj=True,
+    ),
     # A tiny model for tests (in the spirit of torchtitan's debugmodel flavour).
     "test-tiny": GPTConfig(vocab_size=256, block_size=32, n_layer=2, n_head=2, n_embd=32),
 }

@@ -182,6 +182,18 @@ TRAIN_RECIPES: dict[str, dict[str, Any]] = {
         lr_decay_steps=600000, warmup_steps=2000, beta2=0.95, weight_decay=0.1, grad_clip=1.0,
         eval_interval=1000, eval_iters=200, ckpt_interval=1000,
     ),
+    # The modern recipe: Muon for the block matrices, AdamW (3x nanoGPT's lr) for the rest
+    # (chosen by bench/recipes.py; README "A modern recipe").
+    "shakespeare-char-modern-cpu": dict(
+        batch_size=12, max_steps=2000, optimizer="muon", muon_lr=0.02, lr=3e-3, min_lr=3e-4,
+        lr_decay_steps=2000, warmup_steps=100, beta2=0.99, weight_decay=0.1, grad_clip=1.0,
+        eval_interval=250, eval_iters=20, ckpt_interval=500,
+    ),
+    "shakespeare-char-modern": dict(
+        batch_size=64, max_steps=5000, optimizer="muon", muon_lr=0.02, lr=3e-3, min_lr=3e-4,
+        lr_decay_steps=5000, warmup_steps=100, beta2=0.99, weight_decay=0.1, grad_clip=1.0,
+        eval_interval=250, eval_iters=200, ckpt_interval=1000,
+    ),
     # A few steps for tests.
     "test-tiny": dict(batch_size=4, max_steps=20, lr=1e-3, min_lr=1e-4, warmup_steps=2, eval_interval=10,
                       eval_iters=2, ckpt_interval=10),

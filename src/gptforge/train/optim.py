@@ -11,8 +11,10 @@ each 2-D weight's gradient and replaces the update by its nearest semi-orthogona
 (a few Newton-Schulz iterations, the singular values pushed towards 1), so every direction
 of the matrix learns at the same rate. It is meant for the matrices inside the blocks only:
 the embeddings, the LM head, gains and biases stay on AdamW, each group with its own
-learning rate. ``torch.optim.Muon`` (PyTorch >= 2.9) does exactly this per-matrix step, so
-it is used as is; :class:`MuonWithAdamW` runs it and an AdamW side by side as one optimizer.
+learning rate. The step is :class:`gptforge.train.muon.Muon` (``torch.optim.Muon``'s
+algorithm, but with the orthogonalisation in fp32 on the CPU, where torch's fixed bf16 is
+about 10x slower: see that module); :class:`MuonWithAdamW` runs it and an AdamW side by
+side as one optimizer.
 
 Every group carries ``lr_scale`` (its peak learning rate / ``train.lr``); the schedule
 sets ``group["lr"] = lr_at(step) * lr_scale`` (:func:`set_lr`), so warmup and decay shape
@@ -28,6 +30,7 @@ from typing import Any
 import torch
 
 from gptforge.train.config import TrainConfig
+from gptforge.train.muon import Muon
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +85,7 @@ def muon_param_groups(model: torch.nn.Module, cfg: TrainConfig) -> tuple[list[di
 
 
 class MuonWithAdamW(torch.optim.Optimizer):
-    """``torch.optim.Muon`` on some groups and ``torch.optim.AdamW`` on the others, as one optimizer.
+    """:class:`Muon` on some groups and ``torch.optim.AdamW`` on the others, as one optimizer.
 
     Why one object: the training loop, the grad scaler, gradient clipping, checkpoints
     and FSDP's state conversion all take a single ``torch.optim.Optimizer``. The two
@@ -93,7 +96,7 @@ class MuonWithAdamW(torch.optim.Optimizer):
 
     def __init__(self, muon_groups: list[dict], adamw_groups: list[dict], *, muon: dict[str, Any],
                  adamw: dict[str, Any]) -> None:
-        self._muon = torch.optim.Muon(muon_groups, **muon)
+        self._muon = Muon(muon_groups, **muon)
         self._adamw = torch.optim.AdamW(adamw_groups, **adamw)
         super().__init__(self._muon.param_groups + self._adamw.param_groups, {})
         self._link()
@@ -151,7 +154,9 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devi
     adamw = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), **kwargs)
     if cfg.optimizer == "muon":
         muon_groups, adamw_groups = muon_param_groups(model, cfg)
-        muon = dict(lr=cfg.muon_lr, momentum=cfg.muon_momentum, nesterov=True)
+        # bf16 Newton-Schulz where matmuls have bf16 units (CUDA), fp32 elsewhere (see train/muon.py)
+        muon = dict(lr=cfg.muon_lr, momentum=cfg.muon_momentum, nesterov=True,
+                    ns_dtype="bf16" if device.type == "cuda" else "fp32")
         return MuonWithAdamW(muon_groups, adamw_groups, muon=muon, adamw=adamw)
     return torch.optim.AdamW(param_groups(model, cfg.weight_decay), **adamw)
 

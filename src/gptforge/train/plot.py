@@ -56,3 +56,74 @@ def plot_losses(run_dir: str | Path, out: str | Path | None = None) -> Path:
     fig.savefig(out)
     plt.close(fig)
     return out
+
+
+def _timed_evals(records: list[dict]) -> list[tuple[float, float, float]]:
+    """(seconds, tokens, val loss) of each evaluation; its time is that of the training
+    line logged at the same (or the nearest earlier) step."""
+    time_at, out, last = {}, [], 0.0
+    for r in records:
+        if r.get("time_s") is not None:
+            time_at[r["step"]] = r["time_s"]
+    for r in records:
+        if r.get("val_loss") is None:
+            continue
+        earlier = [s for s in time_at if s <= r["step"]]
+        last = time_at[max(earlier)] if earlier else 0.0
+        out.append((last, r.get("tokens", 0), r["val_loss"]))
+    return out
+
+
+def overlay_series(run_dirs: list[str | Path], x: str = "time") -> dict[str, list[tuple[float, float]]]:
+    """The (x, val loss) points of each run, keyed by its run dir's name (the legend label).
+
+    Args:
+        run_dirs: run dirs with a ``metrics.jsonl`` (a peer's log converted to one works too).
+        x: ``time`` (seconds of training, from the ``time_s`` of the training lines),
+            ``tokens`` or ``step``.
+
+    Raises:
+        CheckpointError: a run has no metrics.
+    """
+    series = {}
+    for run in map(Path, run_dirs):
+        path = run / METRICS_FILE
+        if not path.is_file():
+            raise CheckpointError(f"{run} has no {METRICS_FILE}; is it a run dir made by `gptforge train`?")
+        records = read_metrics(path)
+        if x == "step":
+            series[run.name] = [(r["step"], r["val_loss"]) for r in records if r.get("val_loss") is not None]
+        else:
+            series[run.name] = [(t if x == "time" else n, v) for t, n, v in _timed_evals(records)]
+    return series
+
+
+def plot_overlay(run_dirs: list[str | Path], out: str | Path, x: str = "time") -> Path:
+    """Val loss of several runs on one plot (see :func:`overlay_series`); returns the image path.
+
+    Raises:
+        GptforgeError: matplotlib is missing, a run has no metrics, or no run has val losses.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise GptforgeError("plotting needs matplotlib; install it with: pip install 'gptforge[plot]'") from None
+    series = {name: pts for name, pts in overlay_series(run_dirs, x).items() if pts}
+    if not series:
+        raise CheckpointError("none of the runs has val losses yet; train with an eval first")
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
+    for name, pts in series.items():
+        ax.plot(*zip(*pts), marker="o", markersize=3, label=name)
+    ax.set_xlabel({"time": "training time (s)", "tokens": "tokens", "step": "step"}[x])
+    ax.set_ylabel("val loss (nats/token)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
