@@ -178,18 +178,26 @@ def test_too_long_records_skip_or_truncate(gf, tiny_model, tmp_path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("argv", "expected"),
+    ("n_params", "lora", "task", "expected"),
     [
-        (["instruct"], 5e-5),  # full fine-tuning
-        (["instruct", "--lora-rank", "8"], 5e-4),  # LoRA: its own default, 10x
-        (["instruct", "--lora-rank", "8", "--lr", "1e-3"], 1e-3),  # an explicit --lr always wins
-        (["instruct", "--lr", "2e-5"], 2e-5),
-        (["classify"], 5e-4),
-        (["classify", "--train", "lora"], 2e-3),
-        (["classify", "--train", "lora", "--lr", "3e-4"], 3e-4),
+        (1_860_000, False, "classify", 1e-3),  # the bench bases: the rate measured best there
+        (3_750_000, False, "instruct", 1e-3),
+        (3_750_000, True, "instruct", 1e-2),  # LoRA: x10 (the bench's LoRA rate)
+        (3_750_000, True, "classify", 2e-3),
+        (40_000_000, False, "instruct", 5e-4),  # past 10M: 1e-3 x sqrt(10M / N)
+        (124_000_000, False, "instruct", 1e-3 * (10e6 / 124e6) ** 0.5),
+        (10_000_000_000, False, "instruct", 5e-5),  # floor
     ],
 )
-def test_default_lr_depends_on_lora(argv: list[str], expected: float) -> None:
+def test_default_lr_from_the_model_size(n_params: int, lora: bool, task: str, expected: float) -> None:
+    from gptforge.finetune.recipe import default_lr
+
+    assert default_lr(n_params, lora, task) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(("argv", "expected"), [(["instruct"], None), (["instruct", "--lr", "2e-5"], 2e-5),
+                                                (["classify", "--train", "lora", "--lr", "3e-4"], 3e-4)])  # fmt: skip
+def test_explicit_lr_wins(argv: list[str], expected: float | None) -> None:
     import argparse
 
     from gptforge.cli import finetune
@@ -197,8 +205,8 @@ def test_default_lr_depends_on_lora(argv: list[str], expected: float) -> None:
     parser = argparse.ArgumentParser()
     finetune.add_arguments(parser)
     args = parser.parse_args([*argv, "--model", "m", "--data", "d", "--out", "o"])
-    lora = args.lora_rank > 0 if argv[0] == "instruct" else args.train == "lora"
-    assert finetune._loop(args, lora=lora).lr == expected
+    loop = finetune._loop(args, lora=False)
+    assert loop.lr == expected and loop.sort_by_length  # None: resolved from the model's size
 
 
 def test_device_auto_and_dtype_spellings(gf, tiny_model, tmp_path) -> None:

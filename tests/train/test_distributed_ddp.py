@@ -57,6 +57,12 @@ def train_losses(run: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in lines if "loss" in r}
 
 
+def grad_norms(run: Path) -> dict[int, float]:
+    """The logged gradient norm (before clipping) of each step."""
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["grad_norm"] for r in lines if "grad_norm" in r}
+
+
 @pytest.fixture(scope="module")
 def single_run(char_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.mktemp("single") / "run"
@@ -87,6 +93,12 @@ def test_ddp_losses_and_weights_equal_single_process(single_run: Path, ddp_run: 
         assert b[step] == pytest.approx(a[step], rel=2e-6, abs=0), step
     # the run learns (so the equality above is not two constants)
     assert a[STEPS] < a[1] - 0.05
+    # the gradient itself, before clipping: weights after AdamW with clipping barely see a wrong
+    # loss scale (a doubled scale moved them 7e-8), the logged grad_norm doubles
+    ga, gb = grad_norms(single_run), grad_norms(ddp_run)
+    assert sorted(ga) == sorted(gb) == list(range(1, STEPS + 1))
+    for step in ga:
+        assert gb[step] == pytest.approx(ga[step], rel=1e-5), step
     wa = load_safetensors(single_run / "final" / "model.safetensors")
     wb = load_safetensors(ddp_run / "final" / "model.safetensors")
     assert wa.keys() == wb.keys()  # no "module." prefixes

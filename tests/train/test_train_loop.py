@@ -35,7 +35,12 @@ def test_grad_accumulation_equals_the_big_batch(char_data: Path, tmp_path: Path)
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5)
     la = [json.loads(x)["loss"] for x in (a.run_dir / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
     lb = [json.loads(x)["loss"] for x in (b.run_dir / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
-    assert la == pytest.approx(lb, rel=1e-5)
+    assert len(la) == 3 and la == pytest.approx(lb, rel=1e-5)
+    # the gradient before clipping: the weights after clipped AdamW hardly see a wrong loss scale
+    # (a doubled scale moved them 7e-8); the logged grad_norm doubles
+    ga = [json.loads(x)["grad_norm"] for x in (a.run_dir / "metrics.jsonl").read_text().splitlines() if '"grad_norm"' in x]
+    gb = [json.loads(x)["grad_norm"] for x in (b.run_dir / "metrics.jsonl").read_text().splitlines() if '"grad_norm"' in x]
+    assert len(ga) == 3 and ga == pytest.approx(gb, rel=1e-4)
     # and the weights really moved
     init = train(_cfg(char_data, **{"train.batch_size": 8, "train.max_steps": 1, "train.lr": 0.0,
                                     "train.min_lr": 0.0}), tmp_path / "c")

@@ -18,7 +18,7 @@ from gptforge.errors import GptforgeError
 from gptforge.io import OVERWRITE_HELP
 
 
-def _common(p: argparse.ArgumentParser, epochs: int, batch_size: int, lr: float, lora_lr: float) -> None:
+def _common(p: argparse.ArgumentParser, epochs: int, batch_size: int, lora_factor: float) -> None:
     p.add_argument("--model", required=True, help="the base model: a model dir, run dir or GPT-2 folder")
     p.add_argument("--data", required=True, help="the training data file")
     p.add_argument("--out", help="the run dir to write (must not exist unless --overwrite)")
@@ -27,13 +27,16 @@ def _common(p: argparse.ArgumentParser, epochs: int, batch_size: int, lr: float,
     p.add_argument("--epochs", type=int, default=epochs, help=f"passes over the training data (default {epochs})")
     p.add_argument("--batch-size", type=int, default=batch_size, help=f"examples per step (default {batch_size})")
     p.add_argument("--lr", type=finite_float, default=None,
-                   help=f"peak learning rate, cosine-decayed (default {lr}; {lora_lr} when LoRA trains: the "
-                        "adapters start at zero and hold few parameters, so they want a ~10x larger rate)")  # fmt: skip
-    p.set_defaults(_default_lr=lr, _default_lora_lr=lora_lr)
+                   help=f"peak learning rate, cosine-decayed (default: from the model's size, 1e-3 up to 10M "
+                        f"parameters, then ~1/sqrt(N), 5e-5 at least; x{lora_factor:g} when LoRA trains: the "
+                        "adapters start at zero and hold few parameters)")  # fmt: skip
     p.add_argument("--weight-decay", type=finite_float, default=0.1, help="AdamW weight decay on matrices (default 0.1)")
     p.add_argument("--max-length", type=int, default=None, help="tokens per example at most (default: block_size)")
     p.add_argument("--val-fraction", type=finite_float, default=0.1, help="share of records held out for validation")
-    p.add_argument("--sort-by-length", action="store_true", help="batch similar lengths together (less padding)")
+    p.add_argument("--sort-by-length", action="store_true", default=True,
+                   help="batch similar lengths together, in shuffled batch order (less padding; the default)")
+    p.add_argument("--no-sort-by-length", dest="sort_by_length", action="store_false",
+                   help="batches of shuffled examples instead")
     p.add_argument("--seed", type=int, default=123, help="seed for the split, shuffling and the head init")
     p.add_argument("--lora-rank", type=int, default=8, help="LoRA rank r")
     p.add_argument("--lora-alpha", type=finite_float, default=16.0, help="LoRA alpha (the update is scaled by alpha/r)")
@@ -61,10 +64,10 @@ def _device(args: argparse.Namespace) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="finetune_command", metavar="TASK", parser_class=type(parser))
     c = sub.add_parser("classify", help="train a classification head (e.g. spam / not spam)")
-    _common(c, epochs=3, batch_size=16, lr=5e-4, lora_lr=2e-3)
+    _common(c, epochs=5, batch_size=16, lora_factor=2)
     c.add_argument("--text-column", default=None, help="column holding the text (default: text/sms/sentence...)")
     c.add_argument("--label-column", default=None, help="column holding the label (default: label/class...)")
-    c.add_argument("--train", default="last-k", choices=["head", "last-k", "all", "lora"],
+    c.add_argument("--train", default="all", choices=["head", "last-k", "all", "lora"],
                    help="what trains: the head, the last k blocks + head, all, or LoRA + head")  # fmt: skip
     c.add_argument("--last-k", type=int, default=1, help="blocks trained with --train last-k (default 1)")
     c.add_argument("--balance", action="store_true", help="downsample every class to the smallest one")
@@ -72,7 +75,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     c.set_defaults(_run=run_classify, _accepts_overrides=True)
 
     i = sub.add_parser("instruct", help="instruction / chat fine-tuning (loss on responses only)")
-    _common(i, epochs=2, batch_size=8, lr=5e-5, lora_lr=5e-4)
+    _common(i, epochs=2, batch_size=8, lora_factor=10)
     i.add_argument("--template", default="alpaca", choices=["alpaca", "chat"], help="prompt template (saved)")
     i.set_defaults(lora_rank=0)
     i.add_argument("--merge", action="store_true", help="fold LoRA adapters into the weights (exportable)")
@@ -86,18 +89,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             action.help = "LoRA rank r; 0 = full fine-tuning (default 0)"
 
 
-def _lr(args: argparse.Namespace, lora: bool) -> float:
-    """--lr if given, else the task's default for what trains (LoRA adapters or weights)."""
-    if args.lr is not None:
-        return args.lr
-    return args._default_lora_lr if lora else args._default_lr
-
-
 def _loop(args: argparse.Namespace, lora: bool):  # noqa: ANN202 - LoopConfig, imported lazily
     from gptforge.finetune.recipe import LoopConfig
 
     return LoopConfig(
-        epochs=args.epochs, batch_size=args.batch_size, lr=_lr(args, lora), weight_decay=args.weight_decay,
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         seed=args.seed, sort_by_length=args.sort_by_length, checkpoint_every=args.checkpoint_every,
         progress=not args.no_progress,
     )  # fmt: skip

@@ -228,7 +228,7 @@ class ClassifyOptions:
     out: str
     text_column: str | None = None
     label_column: str | None = None
-    train: str = "last-k"
+    train: str = "all"
     last_k: int = 1
     balance: bool = False
     max_length: int | None = None
@@ -252,7 +252,13 @@ def run_classification(opts: ClassifyOptions, loop: LoopConfig) -> dict[str, Any
     unless ``overwrite``).
     """
     from gptforge.finetune.data import balance_classes, read_labelled, split_records
-    from gptforge.finetune.recipe import copy_metrics, run_config, run_task, stopped_result
+    from gptforge.finetune.recipe import (
+        copy_metrics,
+        resolve_lr,
+        run_config,
+        run_task,
+        stopped_result,
+    )
     from gptforge.finetune.resume import discard_progress, open_progress
     from gptforge.io import atomic_dir, check_replaceable, write_json
     from gptforge.model.loading import load_model, save_model
@@ -285,6 +291,7 @@ def run_classification(opts: ClassifyOptions, loop: LoopConfig) -> dict[str, Any
         return [(x, index[y]) for x, (_, y) in zip(ids, split)]
 
     train_ex, val_ex, test_ex = encode(train, "train"), encode(val, "val"), encode(test, "test")
+    loop = resolve_lr(loop, base, opts.train == "lora", "classify")
     torch.manual_seed(loop.seed)  # the head's initial weights
     model = GPTClassifier.from_gpt(base, labels, max_length)
     lora = {"rank": opts.lora_rank, "alpha": opts.lora_alpha, "dropout": opts.lora_dropout,

@@ -214,7 +214,13 @@ def run_instruct(opts: InstructOptions, loop: LoopConfig) -> dict[str, Any]:
     built in a temporary folder and renamed at the end.
     """
     from gptforge.finetune.data import read_instructions, split_records
-    from gptforge.finetune.recipe import copy_metrics, run_config, run_task, stopped_result
+    from gptforge.finetune.recipe import (
+        copy_metrics,
+        resolve_lr,
+        run_config,
+        run_task,
+        stopped_result,
+    )
     from gptforge.finetune.resume import discard_progress, open_progress
     from gptforge.io import atomic_dir, check_replaceable, write_json
     from gptforge.model.loading import load_model, save_model
@@ -239,6 +245,7 @@ def run_instruct(opts: InstructOptions, loop: LoopConfig) -> dict[str, Any]:
     if tokenizer is None:
         raise ModelError(f"model {opts.model} has no tokenizer.json; instruction tuning needs one")
     check_trainable_base(model, opts.lora_rank, opts.merge)
+    loop = resolve_lr(loop, model, opts.lora_rank > 0, "instruct")
     max_length = min(opts.max_length or model.config.block_size, model.config.block_size)
     train_conv, val_conv, _ = split_records(conversations, opts.val_fraction, 0.0, loop.seed)
     train = encode_all(tokenizer, template, train_conv, max_length, opts.on_too_long, f"{opts.data} (train)")

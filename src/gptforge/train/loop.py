@@ -630,7 +630,7 @@ class Trainer:
         mfu = rate * self.flops_per_token / self.world_size / self.peak_flops if self.peak_flops else None
         record = {"step": self.step, "tokens": self.tokens, "loss": loss, "lr": lr,
                   "tokens_per_s": rate, "time_s": time.perf_counter() - self._start}  # fmt: skip
-        epoch = getattr(self.loader, "epoch", None)
+        epoch = self.loader.epoch if hasattr(self.task, "steps_per_epoch") else None  # fine-tuning epochs
         if epoch is not None:
             record["epoch"] = epoch
         if norm is not None:
@@ -687,7 +687,7 @@ class Trainer:
         losses = self.evaluate()
         record = {"step": self.step, "tokens": self.tokens,
                   "train_loss": losses.get("train"), "val_loss": losses.get("val")}
-        epoch = getattr(self.loader, "epoch", None)
+        epoch = self.loader.epoch if hasattr(self.task, "steps_per_epoch") else None  # fine-tuning epochs
         if epoch is not None:
             record["epoch"] = epoch
         self._metrics.log(record)
