@@ -35,7 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="val", help="dataset split with --data (default val)")
     parser.add_argument("--block-size", type=int, default=None, help="window length (default: the model's context)")
     parser.add_argument("--stride", type=int, default=None, help="window step (default block_size // 2)")
-    parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
+    parser.add_argument(
+        "--batch-size", type=int, default=8, help="windows (with --task: items) per forward pass (default 8)"
+    )
     parser.add_argument("--max-tokens", type=int, default=None, help="evaluate only the first N tokens")
     parser.add_argument("--device", default="auto", help=f"{DEVICE_HELP} (default auto)")
     parser.add_argument(
