@@ -8,8 +8,6 @@ import torch
 
 from gptforge.errors import ConfigError, ModelError
 from gptforge.generate.engine import GenerationConfig, generate, stream_tokens
-from gptforge.model.config import GPTConfig
-from gptforge.model.gpt import GPT
 from tests.generate.gen_helpers import distinct_new, peaked_gpt, tiny_gpt
 
 
