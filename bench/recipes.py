@@ -68,7 +68,7 @@ def env() -> dict[str, str]:
     return e
 
 
-def run_nanogpt(work: Path, out: Path) -> dict:
+def run_nanogpt(work: Path, out: Path, extra: list[str] = ()) -> dict:
     """The real nanoGPT from a copy of the peer folder; its log becomes ``out/metrics.jsonl``."""
     src = Path(env()["GPTFORGE_DATA_DIR"]) / "tinyshakespeare.txt"
     copy = work / "nanogpt"
@@ -78,7 +78,7 @@ def run_nanogpt(work: Path, out: Path) -> dict:
     shutil.copy(src, copy / "data" / "shakespeare_char" / "input.txt")
     subprocess.run([PY, "prepare.py"], cwd=copy / "data" / "shakespeare_char", check=True, capture_output=True)
     t0 = time.perf_counter()
-    proc = subprocess.Popen([PY, "-u", "train.py", *NANOGPT_FLAGS], cwd=copy, stdout=subprocess.PIPE,
+    proc = subprocess.Popen([PY, "-u", "train.py", *NANOGPT_FLAGS, *extra], cwd=copy, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     records, iter_ms, last = [], [], None
     for line in proc.stdout:
@@ -145,6 +145,8 @@ def main() -> int:
     p.add_argument("--ablate", action="store_true", help="also run the modern preset with each option off in turn")
     p.add_argument("--nanogpt-wall", type=float, help="nanoGPT's wall time when it is not run (--only)")
     p.add_argument("--out", help="keep the runs here (default: a temporary folder)")
+    p.add_argument("--nanogpt-flag", action="append", default=[], metavar="--NAME=VALUE",
+                   help="extra nanoGPT flag after its recipe (a smoke test: --nanogpt-flag=--max_iters=4)")
     p.add_argument("--set", action="append", default=[], metavar="FLAG=VALUE",
                    help="extra flag for the modern runs, e.g. --set train.max_steps=500")
     args = p.parse_args()
@@ -159,7 +161,7 @@ def main() -> int:
                         "--out", str(data)], env=env(), check=True, capture_output=True)
     results = []
     if "nanogpt" in only:
-        results.append(run_nanogpt(work, work / "nanoGPT"))
+        results.append(run_nanogpt(work, work / "nanoGPT", args.nanogpt_flag))
     if "classic" in only:
         results.append(run_gptforge(data, work / "classic", "shakespeare-char-cpu", []))
     if "modern" in only:

@@ -219,3 +219,21 @@ def test_two_nodes_of_one_process_equal_single_process(single_run: Path, char_da
     wb = load_safetensors(run / "final" / "model.safetensors")
     for k in wa:
         torch.testing.assert_close(wb[k], wa[k], rtol=1e-5, atol=1e-5, msg=k)
+
+
+@pytest.mark.slow
+def test_ddp_with_muon_equals_single_process(char_data: Path, tmp_path: Path) -> None:
+    """train.optimizer muon under DDP: the same losses as one process with the same global batch
+    (Muon orthogonalises the all-reduced gradient, identical on every rank)."""
+    muon = {**SHAPE, "train.optimizer": "muon", "train.muon_lr": "0.03", "model.positions": "rope",
+            "model.normalization": "rmsnorm", "train.grad_accum": str(GRAD_ACCUM), "train.max_steps": str(STEPS)}
+    single = tmp_path / "single"
+    train(build_run_config(None, None, {**muon, "data.dir": str(char_data), "train.batch_size": str(2 * B)}), single)
+    ddp = tmp_path / "ddp"
+    p = torchrun(["train", "--data", str(char_data), "--out", str(ddp), *flags({**muon, "train.batch_size": str(B)})])
+    assert p.returncode == 0, p.stderr[-3000:]
+    a, b = train_losses(single), train_losses(ddp)
+    assert sorted(a) == sorted(b) == list(range(1, STEPS + 1))
+    for step in a:
+        assert b[step] == pytest.approx(a[step], rel=2e-5, abs=0), step
+    assert a[STEPS] < a[1] - 0.05

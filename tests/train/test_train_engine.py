@@ -110,20 +110,21 @@ def test_resume_from_a_chosen_checkpoint_and_config_change_is_recorded(char_data
 
 
 def test_keep_best_whatever_the_intervals(char_data: Path, tmp_path: Path) -> None:
-    """Checkpoints every 3 steps, evaluations every 4: each checkpoint still knows its val loss,
-    and final/config.json says which val loss belongs to its weights."""
+    """Checkpoints every 3 steps, evaluations every 4: each checkpoint still knows its val loss
+    (so keep-best can pick among them), and final/config.json says which val loss belongs to
+    its weights. (Before, only a checkpoint on an eval step had one: here none but the last.)"""
     from gptforge.train import checkpoint as ckpt
 
     res = train(_cfg(char_data, **{"train.max_steps": 9, "train.ckpt_interval": 3, "train.eval_interval": 4,
-                                   "train.keep_last": 1}), tmp_path / "run")  # fmt: skip
-    vals = {}
-    for step, p in ckpt.list_checkpoints(tmp_path / "run"):
-        vals[step] = json.loads((p / "state.json").read_text())["val_loss"]
-    assert all(v is not None for v in vals.values())
-    best = min(vals.items(), key=lambda kv: kv[1])  # the best is kept beside the newest
-    assert best[0] in vals and 9 in vals
+                                   "train.keep_last": 10}), tmp_path / "run")  # fmt: skip
+    vals = {step: json.loads((p / "state.json").read_text())["val_loss"]
+            for step, p in ckpt.list_checkpoints(tmp_path / "run")}  # fmt: skip
+    assert sorted(vals) == [3, 6, 9] and all(isinstance(v, float) for v in vals.values()), vals
+    evals = {r["step"]: r["val_loss"] for r in _lines(tmp_path / "run") if r.get("val_loss") is not None}
+    assert {s: evals[s] for s in (3, 6, 9)} == vals  # the checkpoint's figure is the logged evaluation
     final = json.loads((res.final_dir / "config.json").read_text())["training"]
-    assert final["step"] == 9 and final["val_loss"] == res.last_eval["val"]
+    assert final["step"] == 9 and final["val_loss"] == res.last_eval["val"] == vals[9]
+    assert final["best_val_loss"] == min(evals.values())
 
 
 def test_dry_run_bytes_are_exact_and_nothing_is_written(char_data: Path, tmp_path: Path, capsys) -> None:

@@ -347,7 +347,8 @@ def prepare(
             tok.kind,
         )
 
-    reader = readers.ChunkReader(opts.chunk_bytes, plan.cuts, opts.text_field)
+    # long documents are cut only where the ids stay those of the whole document (readers.cut_rule)
+    reader = readers.ChunkReader(opts.chunk_bytes, plan.cuts, opts.text_field, **readers.cut_rule(tok))
     init = (tok, opts.text_field, opts.errors, opts.skip_bad_lines, plan.add_eot, dtype)
     docs_done = 0  # documents finished so far (global document index of the next one)
     tokens = 0

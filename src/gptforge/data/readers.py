@@ -13,11 +13,12 @@ A chunk is a plain tuple (cheap to send to a worker):
 * ``("strs", [str | None, ...], label, first_row)``: rows of a parquet file or a
   Hugging Face dataset, one document each.
 
-Where a long document is cut: just before a newline that follows a letter or
-digit. With GPT-2 / GPT-4 style split patterns no pre-token spans such a point, so
-the ids are exactly those of encoding the whole document at once (and the char
-tokenizer does not care where text is cut). Tokenizers without a split pattern
-(plain ``bpe``) may lose a merge at a cut, once per ~1 MB.
+Where a long document is cut (:func:`cut_rule`): for a tokenizer with a split pattern
+(gpt2, regex-bpe, hf-bpe's byte-level GPT-2 split), at the start of the last pre-token
+the pattern finds in the buffer, which is where the pattern splits the whole document
+too; the char tokenizer at any character boundary; plain ``bpe`` (merges may cross any
+point) never: such a document is read whole. So the ids are exactly those of encoding
+each document at once, for every tokenizer kind.
 """
 
 from __future__ import annotations
@@ -37,6 +38,58 @@ from gptforge.errors import DataError
 logger = logging.getLogger(__name__)
 
 Chunk = tuple
+
+
+def cut_rule(tok: Any) -> dict[str, Any]:
+    """How :class:`ChunkReader` may cut a long document for ``tok``: ``split_pattern`` (a
+    regex whose pre-token starts are safe cuts) or ``whole_documents`` (never cut)."""
+    kind = getattr(tok, "kind", None)
+    if kind == "char":
+        return {}
+    if kind == "gpt2" or kind == "hf-bpe":  # hf-bpe: ByteLevel pre-tokenizer = GPT-2's regex
+        from gptforge.tokenizer.gpt2 import GPT2_PATTERN
+
+        return {"split_pattern": GPT2_PATTERN}
+    pattern = getattr(tok, "pattern", None)
+    if kind == "regex-bpe" and isinstance(pattern, str):
+        return {"split_pattern": pattern}
+    return {"whole_documents": True}  # plain bpe, or a kind we cannot reason about
+
+
+def pattern_cut(buf: bytes, limit: int, split: Any) -> int:
+    """The byte offset ``<= limit`` of the start of the last pre-token that ``split`` (a
+    compiled regex) finds in ``buf[:limit]``, or 0 when there is no such cut.
+
+    ``buf`` starts where the whole document's pre-tokenization has a boundary (its start,
+    or the previous cut). Every pre-token of the buffer but the last one is then the
+    document's own (each one's match depends on its characters and one character of
+    look-ahead, all inside the buffer), so the last one's start is a boundary of the whole
+    document's split; of those starts the last one where the pre-token before it matches the
+    same when the text ends there is taken. The ids of the two sides then equal those of the
+    document encoded whole. Bytes that are not UTF-8 map to one character each (surrogateescape), so
+    character and byte offsets agree.
+
+    >>> import regex
+    >>> pattern_cut(b"x = foo(bar)+1", 14, regex.compile(r" ?\\w+| ?[^\\w\\s]+|\\s+"))  # ")+" stays whole
+    11
+    """
+    # Back to a character boundary: a character cut in half would be a pre-token of its own
+    # and move the last start into a word. (At len(buf) nothing follows to tell.)
+    limit = min(limit, len(buf) - 1)
+    while limit > 0 and (buf[limit] & 0xC0) == 0x80:
+        limit -= 1
+    text = buf[:limit].decode("utf-8", errors="surrogateescape")
+    spans = [m.span() for m in split.finditer(text)]
+    # The last start is a boundary of the whole document; the left piece, though, ends there
+    # and loses the look-ahead its final pre-tokens saw ("\n\n" before "B" is two pre-tokens,
+    # at the end of a piece one).
+    # Step back to a start where the piece ending there splits its tail as the document does
+    # (re-split from 8 pre-tokens back: look-ahead reaches one or two pre-tokens at most).
+    for j in range(len(spans) - 1, 0, -1):
+        p, r = spans[j][0], spans[max(0, j - 8)][0]
+        if [m.span() for m in split.finditer(text, r, p)] == spans[max(0, j - 8) : j]:
+            return len(text[:p].encode("utf-8", errors="surrogateescape"))
+    return 0
 
 
 def safe_cut(buf: bytes, limit: int) -> int:
@@ -89,14 +142,21 @@ class ChunkReader:
         cuts: for the single-document (tail split) case: byte offsets in the one text
             file where a document must end (the train/val/test boundaries).
         text_field: the field of a jsonl record / parquet column / HF record holding the text.
+        split_pattern, whole_documents: where a long document may be cut (:func:`cut_rule`);
+            neither: at any character boundary (the char tokenizer).
     """
 
     def __init__(
-        self, chunk_bytes: int = 1 << 20, cuts: list[int] | None = None, text_field: str = "text"
+        self, chunk_bytes: int = 1 << 20, cuts: list[int] | None = None, text_field: str = "text",
+        split_pattern: str | None = None, whole_documents: bool = False,
     ) -> None:
         self.chunk_bytes = int(chunk_bytes)
         self.text_field = text_field
         self.cuts = sorted(cuts or [])
+        import regex
+
+        self._split = regex.compile(split_pattern) if split_pattern is not None else None
+        self.whole_documents = whole_documents
         self.sha256: dict[Path, str] = {}
         self.bytes_read = 0
 
@@ -145,8 +205,11 @@ class ChunkReader:
                 if eof:
                     yield buf, True, label, start
                     break
-                if len(buf) >= self.chunk_bytes:
-                    k = safe_cut(buf, len(buf) - 1)
+                if len(buf) >= self.chunk_bytes and not self.whole_documents:
+                    if self._split is not None:
+                        k = pattern_cut(buf, len(buf) - 1, self._split)
+                    else:  # the char tokenizer: any character boundary (preferably a line end)
+                        k = safe_cut(buf, len(buf) - 1)
                     if k > 0:
                         yield buf[:k], False, label, start
                         buf, start = buf[k:], start + k

@@ -98,6 +98,15 @@ def set_rng_state(state: dict[str, Any]) -> None:
             )
 
 
+def state_digest(state: dict[str, Any]) -> str:
+    """sha256 of a state.json's content less its own ``state_sha256`` (canonical JSON)."""
+    import hashlib
+    import json
+
+    body = {k: v for k, v in state.items() if k != "state_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, allow_nan=True).encode()).hexdigest()
+
+
 # ---------------------------------------------------------------- saving
 
 
@@ -153,6 +162,7 @@ def save_checkpoint(
             full = {"format_version": FORMAT_VERSION, "kind": "gptforge-checkpoint", "step": step, **state}
             full["rng"] = get_rng_state()
             full["files"] = files
+            full["state_sha256"] = state_digest(full)  # state.json guards itself too
             write_json(tmp / STATE_FILE, full)
         atomic_write_bytes(run_dir / "latest", (name + "\n").encode())
     except OSError as e:  # disk full, quota, permissions: a user-fixable stop, not a traceback
@@ -209,6 +219,8 @@ def verify_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(state, dict) or "files" not in state or "step" not in state:
         raise CheckpointError(f"{path / STATE_FILE} is incomplete (no step or checksums)")
     check_format_version(state, path / STATE_FILE, "checkpoint state")
+    if "state_sha256" in state and state["state_sha256"] != state_digest(state):
+        raise CheckpointError(f"checkpoint file {path / STATE_FILE} is corrupt (its state_sha256 does not match)")
     bad = find_bad_file(path, state["files"])
     if bad is not None:
         file, problem = bad
