@@ -16,6 +16,23 @@ def tiny_gpt(vocab_size: int = 97, block_size: int = 256, seed: int = 0, **kw: o
     return GPT(cfg).eval()
 
 
+def peaked_gpt(scale: float = 16.0, **kw: object) -> GPT:
+    """:func:`tiny_gpt` with every weight matrix multiplied by ``scale``: peaked logits that
+    depend on the context. The plain random init emits one token over and over, so an engine
+    whose KV cache forgot every position but the newest still matched the references."""
+    model = tiny_gpt(**kw)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.mul_(scale)
+    return model
+
+
+def distinct_new(out: torch.Tensor, prompt_len: int) -> int:
+    """How many different ids the first row generated after its prompt."""
+    return len(set(out[0, prompt_len:].tolist()))
+
+
 class ScriptedModel(torch.nn.Module):
     """A stand-in for GPT that always predicts the next id of a fixed script (a mock, as in
     nanochat's engine tests): lets the text tests force CJK, emoji and stop strings."""

@@ -191,7 +191,6 @@ KEYS = st.one_of(
 @SETTINGS
 @given(mapping=st.dictionaries(KEYS, ODD_VALUES, max_size=4))
 def test_config_apply_only_raises_config_error(mapping: dict[str, Any]) -> None:
-    from gptforge.train.config import RunConfig
 
     from gptforge.train.config import build_run_config, run_config_from_dict, run_config_to_dict
 
