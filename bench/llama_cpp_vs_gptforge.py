@@ -1,8 +1,8 @@
 """GGUF export against llama.cpp: file sizes per dtype, greedy-token agreement and decode
 tokens/s of llama.cpp (llama-cpp-python) and gptforge on the same model, batch 1, CPU.
 
-    python bench/gguf.py                       # random-weight gpt2 (124M) shape, 3 prompts x 64 tokens
-    python bench/gguf.py --model runs/x/final --threads 2
+    python bench/llama_cpp_vs_gptforge.py                       # random-weight gpt2 (124M) shape, 3 prompts x 64 tokens
+    python bench/llama_cpp_vs_gptforge.py --model runs/x/final --threads 2
 
 Both sides decode greedily from the same prompt ids; tokens/s is new tokens over the wall
 time of the whole call (prompt included), best of --repeats. Agreement: tokens equal to
