@@ -114,7 +114,6 @@ def _object(schema: dict[str, Any], defs: dict[str, Any]) -> st.SearchStrategy:
 def _post_operations() -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
     from gptforge.model.config import GPTConfig  # noqa: F401  (cheap import check)
     from gptforge.serve.app import create_app
-
     from gptforge.serve.metrics import Metrics
 
     class _NoScheduler:
