@@ -167,6 +167,7 @@ def test_generation_in_training_mode_prepares_nothing(fresh_choices) -> None:
     assert model.training and not any(isinstance(m, DecodeLinear) for m in model.modules())
 
 
+@pytest.mark.slow  # ~22 s: bf16 kernels are emulated (slow) on CPUs without bf16 arithmetic
 def test_bf16_model_gets_kernels_and_close_logits(fresh_choices) -> None:
     model = tiny_gpt().to(torch.bfloat16)
     reference = copy.deepcopy(model)

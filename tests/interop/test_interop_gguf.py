@@ -39,7 +39,12 @@ def _model_dir(tmp_path: Path, name: str = "m", tokenizer=None, **cfg) -> Path:
     return out
 
 
-@pytest.mark.parametrize("cfg", [{}, {"tie_weights": False}, {"bias": False, "pad_vocab_to": 64}])
+# One case in the fast tier; the untied and padded ones (~20 s each: transformers' GGUF reader) in the slow tier.
+@pytest.mark.parametrize("cfg", [
+    {},
+    pytest.param({"tie_weights": False}, marks=pytest.mark.slow),
+    pytest.param({"bias": False, "pad_vocab_to": 64}, marks=pytest.mark.slow),
+])
 def test_transformers_reads_f32_gguf_with_our_logits(tmp_path, cfg) -> None:
     transformers = pytest.importorskip("transformers")
     src = _model_dir(tmp_path, **cfg)
@@ -96,6 +101,7 @@ def test_char_tokenizer_is_written_exactly(tmp_path) -> None:
         export_gguf(_model_dir(tmp_path, "multi", tokenizer=multi, vocab_size=multi.vocab_size), tmp_path / "x.gguf")
 
 
+@pytest.mark.slow  # ~25 s (gguf's numpy quantizers / a CLI run per dtype)
 def test_quantized_dtypes_are_smaller_and_close(tmp_path) -> None:
     gguf = pytest.importorskip("gguf")
     src = _model_dir(tmp_path)
@@ -135,6 +141,7 @@ def test_patternless_bpe_is_refused_with_the_reason(tmp_path) -> None:
         export_gguf(src, tmp_path / "x.gguf")
 
 
+@pytest.mark.slow  # ~25 s (gguf's numpy quantizers / a CLI run per dtype)
 def test_cli_gguf(tmp_path) -> None:
     src = _model_dir(tmp_path)
     r = run_cli("export", "--model", str(src), "--format", "gguf", "--out", str(tmp_path / "m.gguf"), "--dtype", "q8_0")

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from gptforge.io import sha256_file, write_json
+from gptforge.train.checkpoint import state_digest
 
 
 class Payload:
@@ -123,6 +124,7 @@ def test_optimizer_state_payload_with_matching_checksum(
     _plant(ckpt / "optimizer.pt", marker)
     state = json.loads((ckpt / "state.json").read_text())
     state["files"]["optimizer.pt"] = sha256_file(ckpt / "optimizer.pt")
+    state["state_sha256"] = state_digest(state)  # and state.json's checksum of itself
     write_json(ckpt / "state.json", state)
     line = _refused(cli("train", "--resume", str(run), "--train.max_steps", "4"), marker)
     assert "optimizer.pt" in line and "refused" in line
