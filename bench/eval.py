@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from _machine import cpu_model  # noqa: E402  (bench/_machine.py, beside this script)
 
 SIZES = {  # n_layer, n_head, n_embd
     "tiny": (2, 4, 128),
@@ -132,16 +133,8 @@ def main() -> None:
 
 def _machine() -> str:
     import os
-    import platform
 
-    cpu = platform.processor() or "?"
-    try:
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",)
     return f"CPU {cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, load {load}"
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -29,17 +28,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _machine import cpu_model  # noqa: E402  (bench/_machine.py, beside this script)
 from finetune_spam import DATA, ensure_base_model  # noqa: E402
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _run(args: list[str]) -> dict:
@@ -59,7 +49,7 @@ def main() -> None:
     p.add_argument("--instruct-bases", default="bpe2k-256,gpt2-128")
     args = p.parse_args()
     work = Path(args.work)
-    print(f"CPU {_cpu()}; load {os.getloadavg()}", flush=True)
+    print(f"CPU {cpu_model()}; load {os.getloadavg()}", flush=True)
     rows = []
     for base in [b for b in args.spam_bases.split(",") if b]:
         model = ensure_base_model(work, 300, "cpu", base)

@@ -46,6 +46,9 @@ import subprocess
 import sys
 import time
 
+# bench/_machine.py, beside this script: imported before bench/ leaves sys.path below.
+from _machine import cpu_model
+
 # Running a script puts its folder first on sys.path, where bench/tokenizers.py would shadow
 # the `tokenizers` package that transformers imports.
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
@@ -190,12 +193,7 @@ def _rss_worker(args: argparse.Namespace) -> None:
 
 def machine_info() -> str:
     """CPU model, cores, torch threads and load, printed with every table."""
-    cpu = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_model()
     load = " ".join(f"{v:.2f}" for v in os.getloadavg())
     return (f"{cpu}, {os.cpu_count()} cpus, torch {torch.__version__} {torch.backends.cpu.get_cpu_capability()}, "
             f"{torch.get_num_threads()} threads, load average {load}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _machine import cpu_model  # noqa: E402  (bench/_machine.py, beside this script)
 
 PROMPTS = ["Hello, I'm a language model,", "The capital of France is", "def fibonacci(n):\n    "]
 
@@ -41,7 +42,7 @@ def main() -> None:
     from gptforge.tokenizer import load_tokenizer
 
     torch.set_num_threads(args.threads)
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
+    cpu = cpu_model()
     print(f"CPU {cpu}, {os.cpu_count()} cores, {args.threads} threads both sides, load {os.getloadavg()}")
     with tempfile.TemporaryDirectory() as tmp:
         path = args.model

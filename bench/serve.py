@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -31,6 +30,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _machine import cpu_model  # noqa: E402  (bench/_machine.py, beside this script)
 from bench.serve_load import Server  # noqa: E402
 
 
@@ -44,16 +44,6 @@ def gpt2_shaped(out: Path, block_size: int) -> Path:
     torch.manual_seed(0)
     save_model(GPT(GPTConfig.from_preset("gpt2", block_size=block_size)), out, tok)
     return out
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 async def _one(client: httpx.AsyncClient, i: int, max_tokens: int, eot: int | None, stats: dict) -> None:

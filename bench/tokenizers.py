@@ -41,6 +41,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from _machine import cpu_model  # noqa: E402  (bench/_machine.py, beside this script)
+
 # This file is named like the Hugging Face package it benchmarks, and a script run from
 # bench/ has bench/ first on sys.path, so `import tokenizers` would find this file:
 # * run as a script, we drop bench/ from sys.path before anything imports `tokenizers`;
@@ -187,8 +189,7 @@ def _scale_worker(engine: str, mb: float, vocab: int, workers: int) -> dict:
 def scale_table(args: argparse.Namespace) -> int:
     import subprocess
 
-    with open("/proc/cpuinfo") as f:
-        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?")
+    cpu = cpu_model()
     _, packages = site_packages_files(max(args.mb))
     print(f"# {cpu}, {os.cpu_count()} cpus, load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}, "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
