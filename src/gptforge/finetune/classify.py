@@ -258,6 +258,7 @@ def run_classification(opts: ClassifyOptions, loop: LoopConfig) -> dict[str, Any
         run_config,
         run_task,
         stopped_result,
+        training_entry,
     )
     from gptforge.finetune.resume import discard_progress, open_progress
     from gptforge.io import atomic_dir, check_replaceable, write_json
@@ -337,14 +338,7 @@ def run_classification(opts: ClassifyOptions, loop: LoopConfig) -> dict[str, Any
             "model": str(opts.model),
             "data": str(opts.data),
         }
-        save_model(model, tmp / "final", tokenizer=tokenizer, extra_config=_training_entry(result))
+        save_model(model, tmp / "final", tokenizer=tokenizer, extra_config={"training": training_entry(result)})
         write_json(tmp / "results.json", results)
     discard_progress(work)  # complete: nothing left to resume
     return results
-
-
-def _training_entry(result: Any) -> dict[str, Any]:
-    """final/config.json's ``training`` key: which val loss belongs to these weights."""
-    val = result.last_eval.get("val") if result.last_eval else None
-    return {"training": {"step": result.step, "tokens": result.tokens, "val_loss": val,
-                         "best_val_loss": result.best_val_loss}}  # fmt: skip

@@ -220,6 +220,7 @@ def run_instruct(opts: InstructOptions, loop: LoopConfig) -> dict[str, Any]:
         run_config,
         run_task,
         stopped_result,
+        training_entry,
     )
     from gptforge.finetune.resume import discard_progress, open_progress
     from gptforge.io import atomic_dir, check_replaceable, write_json
@@ -289,10 +290,8 @@ def run_instruct(opts: InstructOptions, loop: LoopConfig) -> dict[str, Any]:
         with open(tmp / "responses.jsonl", "w", encoding="utf-8") as f:
             for row in responses:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        val_now = result.last_eval.get("val") if result.last_eval else None
-        training = {"step": result.step, "tokens": result.tokens, "val_loss": val_now,
-                    "best_val_loss": result.best_val_loss}  # which val loss belongs to these weights
-        save_model(model, tmp / "final", tokenizer=tokenizer, extra_config={**extra, "training": training})
+        save_model(model, tmp / "final", tokenizer=tokenizer,
+                   extra_config={**extra, "training": training_entry(result)})
         results = {
             "task": "instruct",
             "val_loss_before": val_before,

@@ -166,6 +166,12 @@ def copy_metrics(work: Path, dest: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
+def training_entry(result: Any) -> dict[str, Any]:
+    """final/config.json's ``training`` entry: the step, and which val loss belongs to these weights."""
+    val = result.last_eval.get("val") if result.last_eval else None
+    return {"step": result.step, "tokens": result.tokens, "val_loss": val, "best_val_loss": result.best_val_loss}
+
+
 def stopped_result(task: str, result: Any, work: Path) -> dict[str, Any]:
     """What a run stopped by a signal returns (nothing is written to --out)."""
     logger.warning("stopped at step %d; the checkpoint of step %d is in %s: run the same command again "
