@@ -34,8 +34,6 @@ from _machine import cpu_model  # noqa: E402  (bench/_machine.py, beside this sc
 
 ROOT = Path(__file__).resolve().parent.parent
 PEER = ROOT.parent / "shared" / "peers" / "nanoGPT"
-if not PEER.is_dir():  # a worktree next to main: the shared folder is one level further up
-    PEER = Path("/work/shared/peers/nanoGPT")
 PY = sys.executable
 NANOGPT_FLAGS = ["config/train_shakespeare_char.py", "--device=cpu", "--compile=False", "--eval_iters=20",
                  "--log_interval=1", "--block_size=64", "--batch_size=12", "--n_layer=4", "--n_head=4",
