@@ -61,6 +61,9 @@ def run_nanogpt(work: Path, out: Path, extra: list[str] = ()) -> dict:
     """The real nanoGPT from a copy of the peer folder; its log becomes ``out/metrics.jsonl``."""
     src = Path(env()["GPTFORGE_DATA_DIR"]) / "tinyshakespeare.txt"
     copy = work / "nanogpt"
+    if not PEER.is_dir():
+        sys.exit(f"error: nanoGPT is not at {PEER} (the shared folder beside the checkout); "
+                 "run with --only classic,modern --nanogpt-wall SECONDS")
     shutil.copytree(PEER, copy)
     for p in copy.rglob("*"):
         p.chmod(p.stat().st_mode | 0o200)
