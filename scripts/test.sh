@@ -5,6 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export GPTFORGE_DATA_DIR="${GPTFORGE_DATA_DIR:-$(cd .. && pwd)/shared/data}"
+# A relative path (GPTFORGE_DATA_DIR=../shared/data) is made absolute: tests run commands in other folders.
+if [ -d "$GPTFORGE_DATA_DIR" ]; then GPTFORGE_DATA_DIR="$(cd "$GPTFORGE_DATA_DIR" && pwd)"; fi
 python3 -m venv .venv
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
