@@ -77,6 +77,14 @@ def _assert_one_line_error(proc, *needles: str) -> None:
         assert needle in lines[-1], lines[-1]
 
 
+def _assert_training_entry_matches_metrics(run) -> None:
+    """final/config.json says which step and val loss its weights belong to: the run's last ones."""
+    training = json.loads((run / "final" / "config.json").read_text())["training"]
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    assert training["step"] == max(x["step"] for x in lines)
+    assert training["val_loss"] == next(x["val_loss"] for x in reversed(lines) if "val_loss" in x)
+
+
 def test_classify_end_to_end(cli, gf, tiny_model, tmp_path) -> None:
     data = _write_spam(tmp_path / "spam.tsv")
     run = tmp_path / "run"
@@ -89,6 +97,7 @@ def test_classify_end_to_end(cli, gf, tiny_model, tmp_path) -> None:
     assert on_disk["labels"] == ["ham", "spam"]
     assert set(results["reports"]["test"]) >= {"accuracy", "per_class", "confusion_matrix"}
     assert (run / "metrics.jsonl").is_file() and (run / "final" / "model.safetensors").is_file()
+    _assert_training_entry_matches_metrics(run)
     proc = cli("classify", "--model", str(run), "--text", "claim your FREE cash prize now", "--json")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["label"] == "spam"
@@ -108,6 +117,7 @@ def test_instruct_end_to_end_with_lora_merge(gf, tiny_model, tmp_path) -> None:
     assert proc.returncode == 0, proc.stderr
     res = json.loads((run / "results.json").read_text())
     assert res["val_loss_after"] < res["val_loss_before"]
+    _assert_training_entry_matches_metrics(run)
     assert res["trainable_params"] < 0.05 * res["total_params"]
     rows = [json.loads(x) for x in (run / "responses.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and all({"prompt", "reference", "response"} <= set(r) for r in rows)
