@@ -70,9 +70,15 @@ def _instruct_args(tmp_path: Path) -> list[str]:
             "--log.interval", "1"]  # fmt: skip
 
 
-@pytest.mark.parametrize("task", ["classify", "instruct"])
-def test_ddp_finetune_equals_one_process(tmp_path: Path, task: str) -> None:
+@pytest.mark.parametrize("task,mode", [("classify", "ddp"), ("instruct", "ddp"), ("classify", "fsdp"),
+                                       ("instruct", "fsdp"), ("instruct-lora", "fsdp")])  # fmt: skip
+def test_ddp_finetune_equals_one_process(tmp_path: Path, task: str, mode: str) -> None:
+    """DDP, and FSDP (which shards the model in place: the results must come from the whole
+    trained model, gathered into final/, and methods other than forward must gather too)."""
     args = _classify_args(tmp_path) if task == "classify" else _instruct_args(tmp_path)
+    if task == "instruct-lora":
+        args += ["--lora-rank", "4", "--lora-dropout", "0"]
+    args += ["--train.distributed", mode]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     one = subprocess.run([sys.executable, "-m", "gptforge", *args, "--out", str(tmp_path / "one")],
                          capture_output=True, text=True, env=env, timeout=600)  # fmt: skip
@@ -81,7 +87,13 @@ def test_ddp_finetune_equals_one_process(tmp_path: Path, task: str) -> None:
                           "-m", "gptforge", *args, "--out", str(tmp_path / "two")],
                          capture_output=True, text=True, env=env, timeout=600)  # fmt: skip
     assert two.returncode == 0, two.stderr[-3000:]
-    assert len([x for x in two.stdout.splitlines() if x.startswith("{")]) == 1  # only rank 0 reports
+    reports = [x for x in two.stdout.splitlines() if x.startswith("{")]
+    assert len(reports) == 1  # only rank 0 reports
+    # the results (scored after training, on rank 0 alone) come from the same trained weights
+    ra, rb = json.loads([x for x in one.stdout.splitlines() if x.startswith("{")][-1]), json.loads(reports[0])
+    for key in ("val_loss_after", "val_accuracy", "test_accuracy"):
+        if key in ra:
+            assert rb[key] == pytest.approx(ra[key], rel=1e-5), key
 
     def losses(run: Path) -> dict[int, float]:
         lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]

@@ -47,6 +47,8 @@ TRAIN_MODES = ("head", "last-k", "all", "lora")
 class GPTClassifier(GPT):
     """A GPT with a classification head ``classifier`` (C -> num_labels) beside its LM head."""
 
+    forward_methods = (*GPT.forward_methods, "classify_logits")
+
     def __init__(self, config: GPTConfig, labels: list[str]) -> None:
         super().__init__(config)
         self.labels = list(labels)
@@ -310,6 +312,7 @@ def run_classification(opts: ClassifyOptions, loop: LoopConfig) -> dict[str, Any
     )  # fmt: skip
     cfg = run_config(loop, model.config, len(train_ex), opts.device, opts.overrides)
     result = run_task(engine_task, cfg, work, explicit_resume=opts.resume)
+    model = engine_task.prepared_model  # (under FSDP: the whole trained model, see run_task)
     if result.exit_code:
         return stopped_result("classify", result, work)
     if not is_main():

@@ -274,6 +274,7 @@ def run_instruct(opts: InstructOptions, loop: LoopConfig) -> dict[str, Any]:
     )  # fmt: skip
     cfg = run_config(loop, model.config, len(train), opts.device, opts.overrides)
     result = run_task(engine_task, cfg, work, explicit_resume=opts.resume)
+    model = engine_task.prepared_model  # (under FSDP: the whole trained model, see run_task)
     if result.exit_code:
         return stopped_result("instruct", result, work)
     if not is_main():

@@ -147,13 +147,21 @@ def run_task(task: Any, cfg: Any, work: Path, explicit_resume: bool = False) -> 
         else:
             logger.info("resuming from step %d of %d (checkpoint %s)", int(state["step"]), cfg.train.max_steps, path)
     try:
-        return train(cfg, work, resume=resume, overwrite=True, task=task)
+        result = train(cfg, work, resume=resume, overwrite=True, task=task)
     except KeyboardInterrupt:
         name = read_latest(work)
         where = f"the checkpoint of {name} is in {work}: run the same command again to continue from it" if name \
             else "no checkpoint was saved yet"  # fmt: skip
         logger.warning("stopped; %s", where)
         raise
+    from gptforge.train.distributed import is_fsdp
+
+    if result.final_dir is not None and is_fsdp(task.prepared_model):
+        from gptforge.model.loading import load_model
+
+        device = next(iter(task.prepared_model.state_dict().values())).device
+        task.prepared_model = load_model(result.final_dir, device=device).train()
+    return result
 
 
 def copy_metrics(work: Path, dest: Path) -> list[dict[str, Any]]:
