@@ -255,6 +255,7 @@ def run_classification(opts: ClassifyOptions, loop: LoopConfig) -> dict[str, Any
     """
     from gptforge.finetune.data import balance_classes, read_labelled, split_records
     from gptforge.finetune.recipe import (
+        check_out,
         copy_metrics,
         resolve_lr,
         run_config,
@@ -263,16 +264,12 @@ def run_classification(opts: ClassifyOptions, loop: LoopConfig) -> dict[str, Any
         training_entry,
     )
     from gptforge.finetune.resume import discard_progress, open_progress
-    from gptforge.io import atomic_dir, check_replaceable, write_json
+    from gptforge.io import atomic_dir, write_json
     from gptforge.model.loading import load_model, save_model
     from gptforge.train.distributed import is_main
     from gptforge.train.tasks import ExamplesTask
 
-    out = Path(opts.out)
-    if out.exists() and not opts.overwrite:
-        raise ConfigError(f"output {out} already exists; pass --overwrite or choose another --out")
-    if opts.overwrite:
-        check_replaceable(out, protect=(opts.model, opts.data))
+    out = check_out(opts)
     records = read_labelled(opts.data, opts.text_column, opts.label_column)
     if opts.balance:
         records = balance_classes(records, loop.seed)

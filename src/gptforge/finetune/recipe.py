@@ -122,6 +122,19 @@ def resume_wanted(work: Path) -> bool:
     return read_latest(work) is not None or bool(list_checkpoints(work))
 
 
+def check_out(opts: Any) -> Path:
+    """``opts.out`` as a Path, refused before any work if it exists (without ``--overwrite``)
+    or may not be replaced (``--overwrite`` never replaces the base model or the data)."""
+    from gptforge.io import check_replaceable
+
+    out = Path(opts.out)
+    if out.exists() and not opts.overwrite:
+        raise ConfigError(f"output {out} already exists; pass --overwrite or choose another --out")
+    if opts.overwrite:
+        check_replaceable(out, protect=(opts.model, opts.data))
+    return out
+
+
 def run_task(task: Any, cfg: Any, work: Path, explicit_resume: bool = False) -> Any:
     """Train ``task`` on the engine in the work folder; resumes when it holds a checkpoint.
 
