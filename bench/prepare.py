@@ -28,6 +28,8 @@ import threading
 import time
 from pathlib import Path
 
+from _machine import cpu_model  # noqa: E402  (bench/_machine.py, beside this script)
+
 REPO = Path(__file__).resolve().parents[1]
 # tiktoken's own spelling of GPT-2's split (tiktoken_ext/openai_public.py, r50k_pat_str), so the
 # reference is exactly tiktoken.get_encoding("gpt2") built offline from the shared files
@@ -167,6 +169,9 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="print the results as one JSON object")
     args = ap.parse_args()
 
+    cpu, load_before = cpu_model(), os.getloadavg()[0]
+    print(f"# {cpu}, load average {load_before:.2f}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+          file=sys.stderr, flush=True)  # fmt: skip
     with tempfile.TemporaryDirectory(dir=args.tmp, prefix="gptforge-bench-prepare-") as tmp:
         corpus = Path(tmp) / "corpus"
         t = time.perf_counter()
@@ -215,7 +220,9 @@ def main() -> None:
     result = {
         "corpus_mb": nbytes / 1e6,
         "documents": docs,
+        "cpu": cpu,
         "cpus": os.cpu_count(),
+        "load_average_before": load_before,
         "load_average": os.getloadavg()[0],
         "rows": rows,
     }
@@ -223,8 +230,8 @@ def main() -> None:
         print(json.dumps(result))
         return
     print(
-        f"\ncorpus {nbytes / 1e6:.1f} MB, {docs:,} documents, {os.cpu_count()} CPUs, load average "
-        f"{os.getloadavg()[0]:.1f}; tiktoken timed before/after: "
+        f"\n{cpu}; corpus {nbytes / 1e6:.1f} MB, {docs:,} documents, {os.cpu_count()} CPUs, load average "
+        f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after; tiktoken timed before/after: "
         f"{rows[0]['seconds_before_after'][0]:.1f} s / {rows[0]['seconds_before_after'][1]:.1f} s"
     )
     print(f"{'':48} {'tokens':>12} {'s':>7} {'Mtok/s':>8} {'x tiktoken':>10} {'peak RSS MB':>12}")

@@ -8,9 +8,10 @@ Each run is a subprocess, one after the other, on the same machine: the real nan
 (``../shared/peers/nanoGPT``, run from a temporary copy as its README says, never imported),
 ``gptforge train --preset shakespeare-char-cpu`` and ``--preset shakespeare-char-modern-cpu``.
 Printed for each: wall time of the whole process (start-up, evaluation and checkpoints
-included), median tokens/s, the final val loss, the val loss of the last evaluation at or
-before nanoGPT's wall time ("at equal time"), and the time of the first evaluation at or
-below nanoGPT's final val loss. The val curves go into one plot (``gptforge plot`` over the
+included), median tokens/s, the final val loss, the val loss of the last evaluation that
+had finished by nanoGPT's wall time ("at equal time"), and the time of the first evaluation
+at or below nanoGPT's final val loss (an evaluation counts from when it finished: see
+:func:`eval_times`). The val curves go into one plot (``gptforge plot`` over the
 run dirs, nanoGPT's log converted to a ``metrics.jsonl``), labelled by run name.
 
 The machine is shared: print ``uptime`` with the figures and compare only within one run.
@@ -107,15 +108,33 @@ def run_gptforge(data: Path, out: Path, preset: str, extra: list[str]) -> dict:
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     startup = wall - float(result.get("train_time_s", wall))  # imports, data, model: before the loop
-    time_at = {r["step"]: r["time_s"] for r in lines if "time_s" in r}
-    evals = []
-    for r in lines:
-        if r.get("val_loss") is not None:
-            t = max((time_at[s] for s in time_at if s <= r["step"]), default=0.0)
-            evals.append((t + startup, r["val_loss"]))
+    evals = eval_times(lines, startup, wall)
     rates = [r["tokens_per_s"] for r in lines if r.get("tokens_per_s")]
     return {"name": out.name, "wall_s": wall, "tokens_per_s": statistics.median(rates[1:] or rates),
             "val_loss": evals[-1][1], "evals": evals, "run": out}
+
+
+def eval_times(lines: list[dict], startup: float, wall: float) -> list[tuple[float, float]]:
+    """(seconds since the process started, val loss) of each evaluation, counted when it had
+    finished, as nanoGPT's are (its line is printed after the evaluation).
+
+    A metrics eval line has no time of its own: an intermediate one is dated by the next
+    training line less that line's steps at the run's median step time (so the evaluation's
+    own cost counts); the last one by the wall time of the whole process (the final
+    checkpoint and ``final/`` included, which favours nobody).
+    """
+    train = sorted((r["step"], r["time_s"]) for r in lines if "time_s" in r)
+    per_step = statistics.median([(t1 - t0) / (s1 - s0) for (s0, t0), (s1, t1) in zip(train, train[1:])
+                                  if s1 > s0] or [0.0])
+    evals = [r for r in lines if r.get("val_loss") is not None]
+    out = []
+    for i, r in enumerate(evals):
+        after = next(((s, t) for s, t in train if s > r["step"]), None)
+        if i == len(evals) - 1 or after is None:
+            out.append((wall, r["val_loss"]))
+        else:
+            out.append((startup + after[1] - (after[0] - r["step"]) * per_step, r["val_loss"]))
+    return out
 
 
 def at_time(evals: list[tuple[float, float]], t: float) -> float | None:
@@ -177,8 +196,13 @@ def main() -> int:
     modern = [r for r in results if r["name"].startswith("modern")]
     if len(modern) > 1 and t_ref:
         vals = [at_time(r["evals"], t_ref) for r in modern]
+        times = [time_to(r["evals"], loss_ref) for r in modern]
         if all(v is not None for v in vals):
-            print(f"modern mean of {len(vals)} seeds at {t_ref:.0f}s: {statistics.mean(vals):.4f}")
+            print(f"modern mean of {len(vals)} seeds at {t_ref:.0f}s: {statistics.mean(vals):.4f} "
+                  f"(min {min(vals):.4f}, max {max(vals):.4f})")
+        if all(t is not None for t in times):
+            print(f"modern mean time to {loss_ref:.3f}: {statistics.mean(times):.1f}s "
+                  f"({statistics.mean(times) / t_ref:.0%} of {t_ref:.0f}s; max {max(times):.1f}s)")
     plot = subprocess.run([PY, "-m", "gptforge", "plot", *[str(r["run"]) for r in results],
                            "--out", str(work / "compare.png")], env=env(), capture_output=True, text=True)
     print(plot.stdout.strip() or plot.stderr.strip().splitlines()[-1])

@@ -14,7 +14,9 @@ pure gpt2 encode >= 1 MB/s; fast path >= 0.9x tiktoken.
 
 At scale (``--mb``): the corpus is the first N MB of the ``.py`` files of this Python's
 site-packages, sorted by path (real, diverse text on every machine; the packages it came
-from are printed). Our ``regex-bpe`` trainer (GPT-2 pattern, ``<|endoftext|>`` special,
+from are printed). One venv may hold fewer MB than asked (this one: ~226 MB); then name more
+folders, read in order, no file twice: ``--site-packages VENV/site-packages OTHER/site-packages
+OTHER/lib/python3.11`` (a standard library). Our ``regex-bpe`` trainer (GPT-2 pattern, ``<|endoftext|>`` special,
 ``--workers``) and Hugging Face's BPE trainer (ByteLevel pre-tokenizer, which splits with the
 same GPT-2 pattern, the same special) each run in a fresh process that streams the files:
 wall time, that process's peak RSS (its worker processes' peak apart), and how many of the
@@ -123,24 +125,42 @@ def tiktoken_gpt2(gpt2_dir: Path):  # noqa: ANN201
     )
 
 
-def site_packages_files(mb: float) -> tuple[list[tuple[Path, int]], list[str]]:
-    """The sorted .py files of site-packages that make the first ``mb`` MB: ((path, bytes to read)
-    per file, the top-level packages they belong to)."""
+def site_packages_roots(roots: list[str] | None = None) -> list[Path]:
+    """The folders the at-scale corpus is read from: ``--site-packages`` as given, else this
+    Python's site-packages."""
     import sysconfig
 
-    root = Path(sysconfig.get_paths()["purelib"])
+    return [Path(r) for r in roots] if roots else [Path(sysconfig.get_paths()["purelib"])]
+
+
+def site_packages_files(mb: float, roots: list[str] | None = None) -> tuple[list[tuple[Path, int]], list[str]]:
+    """The sorted .py files of the site-packages folders that make the first ``mb`` MB: ((path,
+    bytes to read) per file, the top-level packages they belong to). Several folders (one
+    venv's site-packages holds ~200 MB of .py) are read in the order given, each sorted by path;
+    a file already taken (the same path inside an earlier folder: the same package file, or the
+    same file on disk, as a standard library folder holding site-packages) is skipped, so no
+    file counts twice. Fewer MB than asked is an error: a row labelled 300 MB must hold 300 MB."""
     budget = int(mb * 1e6)
     out: list[tuple[Path, int]] = []
-    for path in sorted(root.rglob("*.py")):
-        if budget <= 0:
-            break
-        if not path.is_file():
-            continue
-        size = min(path.stat().st_size, budget)
-        out.append((path, size))
-        budget -= size
-    packages = sorted({p.relative_to(root).parts[0].removesuffix(".py") for p, _ in out})
-    return out, packages
+    seen: set[Path] = set()  # paths inside a root, and resolved paths
+    packages: set[str] = set()
+    for root in site_packages_roots(roots):
+        for path in sorted(root.rglob("*.py")):
+            if budget <= 0:
+                break
+            rel = path.relative_to(root)
+            if rel in seen or path.resolve() in seen or not path.is_file():
+                continue
+            seen.update((rel, path.resolve()))
+            size = min(path.stat().st_size, budget)
+            out.append((path, size))
+            packages.add(rel.parts[0].removesuffix(".py"))
+            budget -= size
+    if budget > 0:
+        got = (int(mb * 1e6) - budget) / 1e6
+        raise SystemExit(f"error: the .py files of {', '.join(map(str, site_packages_roots(roots)))} hold only "
+                         f"{got:.1f} MB, fewer than --mb {mb:g}; add folders with --site-packages DIR ...")
+    return out, sorted(packages)
 
 
 def _read_files(files: list[tuple[Path, int]]):  # noqa: ANN202 - a generator
@@ -149,13 +169,13 @@ def _read_files(files: list[tuple[Path, int]]):  # noqa: ANN202 - a generator
             yield f.read(size).decode("utf-8", errors="replace")
 
 
-def _scale_worker(engine: str, mb: float, vocab: int, workers: int) -> dict:
+def _scale_worker(engine: str, mb: float, vocab: int, workers: int, roots: list[str] | None = None) -> dict:
     """One training run in this (fresh) process: seconds, peak RSS, the first 1,000 merges as hex pairs."""
     import resource
 
     from gptforge.tokenizer.gpt2 import bytes_to_unicode
 
-    files, _ = site_packages_files(mb)
+    files, _ = site_packages_files(mb, roots)
     t0 = time.perf_counter()
     if engine == "hf":
         from tokenizers import Tokenizer, models, pre_tokenizers, trainers
@@ -190,10 +210,11 @@ def scale_table(args: argparse.Namespace) -> int:
     import subprocess
 
     cpu = cpu_model()
-    _, packages = site_packages_files(max(args.mb))
+    _, packages = site_packages_files(max(args.mb), args.site_packages)
     print(f"# {cpu}, {os.cpu_count()} cpus, load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}, "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-    print(f"# corpus: .py files of site-packages sorted by path; {max(args.mb)} MB span {len(packages)} "
+    roots = " then ".join(map(str, site_packages_roots(args.site_packages)))
+    print(f"# corpus: .py files of {roots}, sorted by path; {max(args.mb)} MB span {len(packages)} "
           f"packages: {' '.join(packages)}")
     print("| MB | vocab | HF s | ours s | time ratio | HF peak MB | ours peak MB (+workers) | memory ratio "
           "| first 1000 merges agree |")
@@ -204,6 +225,8 @@ def scale_table(args: argparse.Namespace) -> int:
             for engine in ("hf", "ours"):  # alternating, one fresh process each
                 cmd = [sys.executable, __file__, "--_scale-worker", engine, "--mb", str(mb), "--vocab", str(vocab),
                        "--workers", str(args.workers)]
+                if args.site_packages:
+                    cmd += ["--site-packages", *args.site_packages]
                 out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
                 res[engine] = json.loads(out.strip().splitlines()[-1])
             hf, ours = res["hf"], res["ours"]
@@ -240,10 +263,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="at-scale table: corpus sizes in MB of site-packages .py files")
     ap.add_argument("--vocab", type=int, nargs="+", default=[4096, 32768], help="at-scale vocab sizes")
     ap.add_argument("--workers", type=int, default=1, help="at-scale: our trainer's counting processes")
+    ap.add_argument("--site-packages", nargs="+", default=None, metavar="DIR",
+                    help="at-scale: folders whose .py files make the corpus, in order (default: this "
+                         "Python's site-packages; a file path already taken is skipped)")
     ap.add_argument("--_scale-worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args._scale_worker:
-        print(json.dumps(_scale_worker(args._scale_worker, args.mb[0], args.vocab[0], args.workers)))
+        print(json.dumps(_scale_worker(args._scale_worker, args.mb[0], args.vocab[0], args.workers, args.site_packages)))
         return 0
     if args.mb:
         return scale_table(args)

@@ -72,3 +72,14 @@ def test_every_preset_loads() -> None:
 def test_unknown_preset_suggests() -> None:
     with pytest.raises(ConfigError, match="gpt2"):
         GPTConfig.from_preset("gpt-2")
+
+
+def test_empty_sections_known_pass_and_unknown_are_reported() -> None:
+    # A YAML `log: {}` is fine; a misspelt empty section used to vanish in flattening.
+    from gptforge.train.config import RunConfig
+
+    assert apply(RunConfig(), {"log": {}}, source="run.yaml") == RunConfig()
+    with pytest.raises(ConfigError, match="modle"):
+        apply(RunConfig(), {"modle": {}}, source="run.yaml")
+    with pytest.raises(ConfigError, match="train.lr is an empty mapping"):
+        apply(RunConfig(), {"train": {"lr": {}}}, source="run.yaml")

@@ -194,11 +194,18 @@ def _unknown(key: str, known: list[str], where: str) -> str:
     return msg + (f"; did you mean {hint[0]!r}?" if hint else f"; valid keys: {', '.join(sorted(known))}")
 
 
+# An empty section (``{"log": {}}``, a YAML ``log: {}``) flattens to this, not to nothing, so
+# that a misspelt empty section is still reported as unknown instead of silently dropped.
+_EMPTY_SECTION = object()
+
+
 def _flatten(mapping: Mapping, prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for k, v in mapping.items():
         key = f"{prefix}{k}"
-        if isinstance(v, Mapping):
+        if isinstance(v, Mapping) and not v:
+            flat[key] = _EMPTY_SECTION
+        elif isinstance(v, Mapping):
             flat.update(_flatten(v, key + "."))
         else:
             flat[key] = v
@@ -230,6 +237,8 @@ def apply(cfg: T, mapping: Mapping[str, Any] | None, source: str = "config") -> 
         top_fields = [f.name for f in dataclasses.fields(cfg) if not dataclasses.is_dataclass(getattr(cfg, f.name))]
         for key, value in flat.items():
             section, _, sub = key.partition(".")
+            if value is _EMPTY_SECTION and not sub and section in sections and dataclasses.is_dataclass(sections[section]):
+                continue  # a known section with nothing in it
             if not sub:
                 if section in top_fields:
                     top_level[section] = value
@@ -270,6 +279,9 @@ def _apply_section(cfg: T, flat: Mapping[str, Any], source: str, prefix: str = "
     for key, value in flat.items():
         if key not in names:
             problems.append(_unknown(prefix + key, [prefix + n for n in names], source))
+            continue
+        if value is _EMPTY_SECTION:
+            problems.append(f"{source}: {prefix + key} is an empty mapping; give it a value")
             continue
         try:
             changes[key] = coerce(value, hints[key], prefix + key)

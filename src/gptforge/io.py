@@ -326,7 +326,7 @@ def _our_temporaries(folder: Path) -> list[Path]:
     return [e for e in folder.iterdir() if pattern.match(e.name)]
 
 
-def check_replaceable(path: str | os.PathLike, protect: tuple[str | os.PathLike, ...] = ()) -> str | None:
+def check_replaceable(path: str | os.PathLike, protect: tuple[str | os.PathLike | None, ...] = ()) -> str | None:
     """``--overwrite``'s rule, the same for every command: may ``path`` be replaced?
 
     Returns None when ``path`` does not exist, else what it is (:func:`gptforge_output_kind`).
@@ -347,6 +347,8 @@ def check_replaceable(path: str | os.PathLike, protect: tuple[str | os.PathLike,
         which = "the current folder" if real == cwd else "the home folder" if real == home else "above the current folder"
         raise GptforgeError(f"refusing to --overwrite {path}: it is {which}; choose another --out")
     for p in protect:
+        if p is None:  # an input a task does not have (fine-tuning has no dataset dir)
+            continue
         p = Path(p).resolve()
         if p == real or real in p.parents:
             raise GptforgeError(f"refusing to --overwrite {path}: it holds {p}, which this command reads; {hint}")

@@ -155,3 +155,55 @@ def test_cli_gguf(tmp_path) -> None:
     r = run_cli("export", "--model", str(src), "--format", "gguf", "--out", str(tmp_path / "notes.txt"), "--overwrite")
     assert r.returncode == 2 and "is not a GGUF file" in r.stderr
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("method,symmetric,qtype", [("int8", True, "q8_0"), ("int4", True, "q4_0"), ("int4", False, "q4_1")])
+def test_quantized_model_keeps_its_integers(tmp_path, method, symmetric, qtype) -> None:
+    """A quantized model's matrices go as GGUF blocks holding its own integers: gguf's own
+    dequantizer (the reader's code, not ours) gives our dequantized weights, but for the f16
+    rounding of the scales (and of q4_1's minimums), a relative 2^-11 each."""
+    gguf = pytest.importorskip("gguf")
+    from gptforge.quantize import quantize, save_quantized
+
+    src = _model_dir(tmp_path)
+    q = quantize(load_model(src), method, group_size=32, symmetric=symmetric, include_embeddings=True)
+    save_quantized(q, tmp_path / "q", tokenizer=q.tokenizer)
+    summary = export_gguf(tmp_path / "q", tmp_path / "q.gguf")
+    assert summary["quantized_as"] == qtype and summary["tensor_types"][qtype] == 2 * 4 + 1  # 4 per block + wte
+    tensors = {x.name: x for x in gguf.GGUFReader(tmp_path / "q.gguf").tensors}
+    model = load_model(tmp_path / "q")
+    assert "output.weight" not in tensors  # tied: llama.cpp reads token_embd for the head
+    for name, module in [("blk.0.attn_qkv.weight", model.transformer.h[0].attn.c_attn),
+                         ("blk.1.ffn_down.weight", model.transformer.h[1].mlp.c_proj),
+                         ("token_embd.weight", model.transformer.wte)]:  # fmt: skip
+        t = tensors[name]
+        assert t.tensor_type.name.lower() == qtype, name
+        want = module.dequantized_weight().numpy()  # (N, K)
+        got = gguf.quants.dequantize(t.data, t.tensor_type).reshape(want.shape)
+        tol = 2**-9 * np.abs(want).max(axis=1, keepdims=True) + 1e-7  # 3 roundings of 2^-11 at most, per row
+        assert (np.abs(got - want) <= tol).all(), name
+    assert tensors["position_embd.weight"].tensor_type == gguf.GGMLQuantizationType.F32
+
+
+def test_quantized_layout_without_a_gguf_block_is_refused(tmp_path) -> None:
+    from gptforge.quantize import quantize, save_quantized
+
+    src = _model_dir(tmp_path)
+    q = quantize(load_model(src), "int4", group_size=64)
+    save_quantized(q, tmp_path / "q", tokenizer=q.tokenizer)
+    with pytest.raises(ModelError, match="groups of 64.*--group-size 32"):
+        export_gguf(tmp_path / "q", tmp_path / "x.gguf")
+    assert not (tmp_path / "x.gguf").exists()
+
+
+def test_unmerged_lora_is_refused(tmp_path) -> None:
+    """The variants are read from config.json's "variants" list (the check once looked in the
+    extra config, where they no longer are, and let an unmerged LoRA model through)."""
+    from gptforge.model.lora import apply_lora
+
+    model = load_model(_model_dir(tmp_path))
+    apply_lora(model, rank=4)
+    save_model(model, tmp_path / "lora", tokenizer=model.tokenizer)
+    with pytest.raises(ModelError, match="unmerged LoRA"):
+        export_gguf(tmp_path / "lora", tmp_path / "x.gguf")
+    assert not (tmp_path / "x.gguf").exists()

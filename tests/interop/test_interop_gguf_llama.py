@@ -2,7 +2,9 @@
 what gptforge decodes. Slow tier: needs ``pip install 'gptforge[gguf]'`` (a llama.cpp build).
 
 f32: greedy 64 tokens from three prompts equal ``gptforge`` greedy decoding token for token.
-f16 / q8_0: the agreement and the largest logit difference are printed and bounded.
+f16 / q8_0: the agreement and the largest logit difference are printed and bounded; the same
+for a quantized gptforge model (int8 -> q8_0, int4 group 32 -> q4_0 / q4_1, its own integers)
+against gptforge's exact-in-float reference path on that model.
 """
 
 from __future__ import annotations
@@ -103,3 +105,33 @@ def test_llama_cpp_f16_q8_agreement(model_dir, tmp_path, dtype, max_diff) -> Non
         worst = max(worst, float(np.abs(logits - want).max()))
     print(f"{dtype}: {agree}/{total} tokens agree before the first difference; max logit diff {worst:.4f}")
     assert worst < max_diff and agree >= total // 2
+
+
+def _agreement(path: Path, model, label: str) -> tuple[int, int, float]:
+    """Greedy tokens equal before the first difference (summed over the prompts), of how many,
+    and the largest logit difference on llama.cpp's own sequences."""
+    agree, total, worst = 0, 0, 0.0
+    for prompt in PROMPTS:
+        ids = model.tokenizer.encode(prompt)
+        theirs, logits = llama_greedy(path, ids, NEW)
+        ours = ours_greedy(model, ids, NEW)
+        agree += next((k for k, (a, b) in enumerate(zip(theirs, ours, strict=True)) if a != b), NEW)
+        total += NEW
+        with torch.no_grad():
+            want = model(torch.tensor([ids + theirs]))[0, len(ids) - 1 : -1].float().numpy()
+        worst = max(worst, float(np.abs(logits - want).max()))
+    print(f"{label}: {agree}/{total} tokens agree before the first difference; max logit diff {worst:.4f}")
+    return agree, total, worst
+
+
+@pytest.mark.parametrize("method,symmetric", [("int8", True), ("int4", True), ("int4", False)])
+def test_llama_cpp_runs_quantized_gptforge_models(model_dir, tmp_path, method, symmetric) -> None:
+    from gptforge.quantize import quantize, save_quantized, set_backend
+
+    q = quantize(load_model(model_dir), method, group_size=32, symmetric=symmetric)
+    save_quantized(q, tmp_path / "q", tokenizer=q.tokenizer)
+    summary = export_gguf(tmp_path / "q", tmp_path / "q.gguf")
+    model = set_backend(load_model(tmp_path / "q"), "reference")  # dequantized weights, fp32 matmuls
+    agree, total, worst = _agreement(tmp_path / "q.gguf", model, f"{method} -> {summary['quantized_as']}")
+    # llama.cpp also rounds the activations to 8 bits for these matmuls; gptforge does not
+    assert worst < 1.0 and agree >= total // 2

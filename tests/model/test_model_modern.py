@@ -110,6 +110,20 @@ def test_relu2_and_parameter_free_norms_match_their_formulas() -> None:
     torch.testing.assert_close(ln(x), F.layer_norm(x, (32,), eps=eps), rtol=1e-5, atol=1e-6)
 
 
+def test_relu2_gradient_equals_the_power_formula_bitwise() -> None:
+    """Reference: relu(x) ** 2 through autograd's pow; ours is written r * r (a cheaper
+    backward on the CPU), which must give the same values and gradients bit for bit."""
+    from gptforge.model.layers import ReLUSquared
+
+    x = torch.randn(4, 7, 64, generator=torch.Generator().manual_seed(0))
+    g = torch.randn(4, 7, 64, generator=torch.Generator().manual_seed(1))
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = ReLUSquared()(a), F.relu(b).square()
+    ya.backward(g)
+    yb.backward(g)
+    assert torch.equal(ya, yb) and torch.equal(a.grad, b.grad)
+
+
 def test_zero_init_projections_make_every_block_the_identity() -> None:
     model = _gpt(zero_init_proj=True, positions="rope", bias=False)  # (_gpt moves biases off 0)
     assert all(float(m.weight.detach().abs().max()) == 0 for n, m in model.named_modules() if n.endswith("c_proj"))

@@ -76,6 +76,35 @@ def test_newton_schulz_in_fp32_approximates_the_orthogonal_factor() -> None:
     assert cos > 0.98
 
 
+def test_stacked_muon_step_equals_one_matrix_at_a_time_in_fp32() -> None:
+    """Reference: the Muon update written out per matrix (momentum, Nesterov, Newton-Schulz
+    on that matrix alone, decay, shape-scaled step). Our step stacks same-shaped updates
+    (c_fc (4C, C) turned wide joins mlp.c_proj (C, 4C)) into batched matmuls."""
+    ours, ref = _model(), _model()
+    pick = lambda m: [p for n, p in m.named_parameters() if ".h." in n and p.dim() == 2]  # noqa: E731
+    opt = Muon(pick(ours), lr=0.03, weight_decay=0.1)
+    bufs = {id(p): torch.zeros_like(p) for p in pick(ref)}
+    for step in range(4):
+        _loss(ours, step).backward()
+        opt.step()
+        opt.zero_grad()
+        _loss(ref, step).backward()
+        with torch.no_grad():
+            for p in pick(ref):
+                buf = bufs[id(p)]
+                buf.mul_(0.95).add_(p.grad, alpha=0.05)
+                update = 0.05 * p.grad + 0.95 * buf  # Nesterov look-ahead
+                p.mul_(1 - 0.03 * 0.1).sub_(0.03 * max(1, p.size(0) / p.size(1)) ** 0.5 * newton_schulz(update))
+                p.grad = None
+    for (name, a), b in zip(ours.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+    stack = torch.randn(3, 24, 40, generator=torch.Generator().manual_seed(1))
+    for tall in (False, True):
+        x = stack.mT if tall else stack
+        torch.testing.assert_close(newton_schulz(x), torch.stack([newton_schulz(m) for m in x]),
+                                   rtol=1e-6, atol=1e-6)
+
+
 def test_combined_optimizer_equals_muon_and_adamw_run_separately() -> None:
     """Reference: Muon on the hidden matrices and torch.optim.AdamW on the rest, two
     optimizers stepped one after the other; same weights after 5 steps, bitwise."""

@@ -47,6 +47,8 @@ TRAIN_MODES = ("head", "last-k", "all", "lora")
 class GPTClassifier(GPT):
     """A GPT with a classification head ``classifier`` (C -> num_labels) beside its LM head."""
 
+    forward_methods = (*GPT.forward_methods, "classify_logits")
+
     def __init__(self, config: GPTConfig, labels: list[str]) -> None:
         super().__init__(config)
         self.labels = list(labels)
@@ -253,6 +255,7 @@ def run_classification(opts: ClassifyOptions, loop: LoopConfig) -> dict[str, Any
     """
     from gptforge.finetune.data import balance_classes, read_labelled, split_records
     from gptforge.finetune.recipe import (
+        check_out,
         copy_metrics,
         resolve_lr,
         run_config,
@@ -261,16 +264,12 @@ def run_classification(opts: ClassifyOptions, loop: LoopConfig) -> dict[str, Any
         training_entry,
     )
     from gptforge.finetune.resume import discard_progress, open_progress
-    from gptforge.io import atomic_dir, check_replaceable, write_json
+    from gptforge.io import atomic_dir, write_json
     from gptforge.model.loading import load_model, save_model
     from gptforge.train.distributed import is_main
     from gptforge.train.tasks import ExamplesTask
 
-    out = Path(opts.out)
-    if out.exists() and not opts.overwrite:
-        raise ConfigError(f"output {out} already exists; pass --overwrite or choose another --out")
-    if opts.overwrite:
-        check_replaceable(out, protect=(opts.model, opts.data))
+    out = check_out(opts)
     records = read_labelled(opts.data, opts.text_column, opts.label_column)
     if opts.balance:
         records = balance_classes(records, loop.seed)
@@ -310,6 +309,7 @@ def run_classification(opts: ClassifyOptions, loop: LoopConfig) -> dict[str, Any
     )  # fmt: skip
     cfg = run_config(loop, model.config, len(train_ex), opts.device, opts.overrides)
     result = run_task(engine_task, cfg, work, explicit_resume=opts.resume)
+    model = engine_task.prepared_model  # (under FSDP: the whole trained model, see run_task)
     if result.exit_code:
         return stopped_result("classify", result, work)
     if not is_main():

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -215,6 +214,7 @@ def run_instruct(opts: InstructOptions, loop: LoopConfig) -> dict[str, Any]:
     """
     from gptforge.finetune.data import read_instructions, split_records
     from gptforge.finetune.recipe import (
+        check_out,
         copy_metrics,
         resolve_lr,
         run_config,
@@ -223,17 +223,13 @@ def run_instruct(opts: InstructOptions, loop: LoopConfig) -> dict[str, Any]:
         training_entry,
     )
     from gptforge.finetune.resume import discard_progress, open_progress
-    from gptforge.io import atomic_dir, check_replaceable, write_json
+    from gptforge.io import atomic_dir, write_json
     from gptforge.model.loading import load_model, save_model
     from gptforge.model.lora import apply_lora, count_trainable, merge_lora
     from gptforge.train.distributed import is_main
     from gptforge.train.tasks import ExamplesTask
 
-    out = Path(opts.out)
-    if out.exists() and not opts.overwrite:
-        raise ConfigError(f"output {out} already exists; pass --overwrite or choose another --out")
-    if opts.overwrite:
-        check_replaceable(out, protect=(opts.model, opts.data))
+    out = check_out(opts)
     if opts.lora_rank < 0:
         raise ConfigError(f"--lora-rank must be >= 0 (0 = full fine-tuning), got {opts.lora_rank}")
     if opts.lora_rank > 0 and "lm_head" in opts.lora_targets and not opts.merge:
@@ -274,6 +270,7 @@ def run_instruct(opts: InstructOptions, loop: LoopConfig) -> dict[str, Any]:
     )  # fmt: skip
     cfg = run_config(loop, model.config, len(train), opts.device, opts.overrides)
     result = run_task(engine_task, cfg, work, explicit_resume=opts.resume)
+    model = engine_task.prepared_model  # (under FSDP: the whole trained model, see run_task)
     if result.exit_code:
         return stopped_result("instruct", result, work)
     if not is_main():

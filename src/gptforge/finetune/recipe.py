@@ -122,6 +122,19 @@ def resume_wanted(work: Path) -> bool:
     return read_latest(work) is not None or bool(list_checkpoints(work))
 
 
+def check_out(opts: Any) -> Path:
+    """``opts.out`` as a Path, refused before any work if it exists (without ``--overwrite``)
+    or may not be replaced (``--overwrite`` never replaces the base model or the data)."""
+    from gptforge.io import check_replaceable
+
+    out = Path(opts.out)
+    if out.exists() and not opts.overwrite:
+        raise ConfigError(f"output {out} already exists; pass --overwrite or choose another --out")
+    if opts.overwrite:
+        check_replaceable(out, protect=(opts.model, opts.data))
+    return out
+
+
 def run_task(task: Any, cfg: Any, work: Path, explicit_resume: bool = False) -> Any:
     """Train ``task`` on the engine in the work folder; resumes when it holds a checkpoint.
 
@@ -147,13 +160,21 @@ def run_task(task: Any, cfg: Any, work: Path, explicit_resume: bool = False) -> 
         else:
             logger.info("resuming from step %d of %d (checkpoint %s)", int(state["step"]), cfg.train.max_steps, path)
     try:
-        return train(cfg, work, resume=resume, overwrite=True, task=task)
+        result = train(cfg, work, resume=resume, overwrite=True, task=task)
     except KeyboardInterrupt:
         name = read_latest(work)
         where = f"the checkpoint of {name} is in {work}: run the same command again to continue from it" if name \
             else "no checkpoint was saved yet"  # fmt: skip
         logger.warning("stopped; %s", where)
         raise
+    from gptforge.train.distributed import is_fsdp
+
+    if result.final_dir is not None and is_fsdp(task.prepared_model):
+        from gptforge.model.loading import load_model
+
+        device = next(iter(task.prepared_model.state_dict().values())).device
+        task.prepared_model = load_model(result.final_dir, device=device).train()
+    return result
 
 
 def copy_metrics(work: Path, dest: Path) -> list[dict[str, Any]]:

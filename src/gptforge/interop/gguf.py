@@ -29,9 +29,22 @@ is written exactly too, with no merges (see :func:`_char_tokens`; other characte
 refused with the reason). A ``bpe`` tokenizer without a split pattern is refused:
 llama.cpp always splits text with a pre-tokenizer regex before merging (every
 ``tokenizer.ggml.pre`` has one), so merges that cross those boundaries would never apply
-and the same text would get other ids. Quantized gptforge models are refused (their
-int8/int4 layouts are not written out; export the float model with ``--dtype q8_0`` /
-``q4_0``).
+and the same text would get other ids.
+
+A **quantized** gptforge model keeps its integers: each quantized matrix is written in the
+GGUF block type that holds the same numbers (:func:`quant_blocks`), with only its float
+scales rounded to f16 (a relative change under 2^-11):
+
+* ``int8`` / ``int8-dynamic`` (one scale per row) -> ``q8_0``: every 32-value block of a row
+  takes the row's scale and the int8 values as they are;
+* ``int4`` with ``--group-size 32``, symmetric -> ``q4_0`` (``w = (q - 8) * d``), asymmetric
+  (the default) -> ``q4_1`` (``w = q * d + m``), the 4-bit values as they are.
+
+int4 groups of 64 or 128 are refused (a GGUF block holds 32 values with one scale: the
+layouts differ, and requantizing would change the weights: quantize with ``--group-size
+32``, or export the float model with ``--dtype q4_0``); so is an input width that is not a
+multiple of 32. A quantized position table is written as its f32 values (exact, and small).
+``--dtype`` then applies to the matrices left in float (the token embedding, an untied head).
 """
 
 from __future__ import annotations
@@ -52,7 +65,6 @@ DTYPES = ("f32", "f16", "q8_0", "q4_0")
 BLOCK = 32  # values per q8_0 / q4_0 block
 
 _NOT_EXPORTABLE_KEYS = {
-    "quantization": "a quantized model (export the float model it was quantized from, with --dtype q8_0 or q4_0)",
     "classifier": "a classifier head (llama.cpp's GPT-2 has only the language-model head)",
     "lora": "a model with unmerged LoRA adapters (fine-tune with --merge, or merge them first)",
 }
@@ -138,28 +150,85 @@ def gguf_vocab(tok: Any) -> tuple[list[str], list[str], list[int]]:
     return tokens, merges, types
 
 
-def gguf_tensors(model: Any) -> dict[str, np.ndarray]:
-    """Float32 arrays under llama.cpp's names (a tied head left out, padding rows cut)."""
+def quant_block_type(quantization: dict[str, Any]) -> str | None:
+    """The GGUF block type that holds a gptforge quantization's numbers exactly (but for the
+    f16 scales), or None when the layouts differ."""
+    method = quantization.get("method")
+    if method in ("int8", "int8-dynamic"):
+        return "q8_0"
+    if method == "int4" and quantization.get("group_size") == BLOCK:
+        return "q4_0" if quantization.get("symmetric") else "q4_1"
+    return None
+
+
+def quant_blocks(module: Any, rows: int | None = None) -> tuple[str, np.ndarray]:
+    """A quantized weight (N, K) (a QuantLinear or QuantEmbedding) as GGUF blocks.
+
+    Returns ``(type, bytes)``: bytes uint8 (N, K / 32 x block size), llama.cpp's structs
+    (``ggml-common.h``): q8_0 ``{f16 d; int8 qs[32]}``; q4_0 ``{f16 d; uint8 qs[16]}`` and q4_1
+    ``{f16 d; f16 m; uint8 qs[16]}``, where byte j holds value j in its low nibble and value
+    j + 16 in its high nibble (our int4 packing pairs neighbours instead, so it is re-packed).
+    ``rows`` keeps the first rows only (the vocabulary without its padding).
+    """
+    from gptforge.quantize.int4 import unpack_int4
+
+    q, s, z = (None if t is None else t.detach().cpu() for t in module.tensors())
+    if rows is not None:
+        q, s, z = q[:rows], s[:rows], None if z is None else z[:rows]
+    n = q.shape[0]
+    if module.method in ("int8", "int8-dynamic"):
+        k = q.shape[1]
+        d = np.repeat(s.numpy().astype(np.float16)[:, None], k // BLOCK, axis=1)  # (N, K/32) the row's scale
+        blocks = np.concatenate([d.view(np.uint8).reshape(n, -1, 2), q.numpy().view(np.uint8).reshape(n, -1, BLOCK)],
+                                axis=2)  # (N, K/32, 34)  # fmt: skip
+        return "q8_0", blocks.reshape(n, -1)
+    v = unpack_int4(q).numpy().reshape(n, -1, BLOCK)  # (N, K/32, 32) values 0..15
+    qs = v[:, :, : BLOCK // 2] | (v[:, :, BLOCK // 2 :] << 4)  # (N, K/32, 16)
+    parts = [s.numpy().astype(np.float16)[:, :, None].view(np.uint8)]  # (N, K/32, 2) d
+    if z is not None:  # asymmetric: w = q * scale + zero, q4_1's d * q + m
+        parts.append(z.numpy().astype(np.float16)[:, :, None].view(np.uint8))  # (N, K/32, 2) m
+    parts.append(qs)
+    return ("q4_0" if z is None else "q4_1"), np.concatenate(parts, axis=2).reshape(n, -1)
+
+
+def gguf_tensors(model: Any) -> dict[str, np.ndarray | tuple[str, np.ndarray]]:
+    """Arrays under llama.cpp's names (a tied head left out, padding rows cut): float32, or
+    ``(type, bytes)`` from :func:`quant_blocks` for a quantized matrix."""
+    from gptforge.quantize.modules import QuantEmbedding, QuantLinear
+
     cfg = model.config
     V = cfg.vocab_size
-    state = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
-    if not cfg.bias:  # llama.cpp's GPT-2 needs every bias: zeros compute the same
-        from gptforge.model.hf_gpt2 import _zero_biases
+    state = {k: v.detach().float().cpu() for k, v in model.state_dict().items() if v.is_floating_point()}
 
-        state.update({k: v.float().cpu() for k, v in _zero_biases(model).items()})
+    def weight(name: str, rows: int | None = None) -> np.ndarray | tuple[str, np.ndarray]:
+        module = model.get_submodule(name)
+        if isinstance(module, (QuantLinear, QuantEmbedding)):
+            return quant_blocks(module, rows)
+        return state[f"{name}.weight"][:rows].contiguous().numpy()
+
+    def bias(name: str) -> np.ndarray:  # llama.cpp's GPT-2 needs every bias: zeros compute the same
+        module = model.get_submodule(name)
+        b = state.get(f"{name}.bias")
+        width = module.out_features if isinstance(module, QuantLinear) else module.weight.shape[0]
+        return np.zeros(width, np.float32) if b is None else b.contiguous().numpy()
+
+    wpe = model.transformer.wpe
     out = {
-        "token_embd.weight": state["transformer.wte.weight"][:V],
-        "position_embd.weight": state["transformer.wpe.weight"],
-        "output_norm.weight": state["transformer.ln_f.weight"],
-        "output_norm.bias": state["transformer.ln_f.bias"],
+        "token_embd.weight": weight("transformer.wte", V),
+        # a quantized position table goes as its f32 values: exact, and llama.cpp's converter keeps it f32
+        "position_embd.weight": (wpe.dequantized_weight() if isinstance(wpe, QuantEmbedding)
+                                 else state["transformer.wpe.weight"]).contiguous().numpy(),  # fmt: skip
+        "output_norm.weight": state["transformer.ln_f.weight"].numpy(),
+        "output_norm.bias": bias("transformer.ln_f"),
     }
     if not cfg.tie_weights:
-        out["output.weight"] = state["lm_head.weight"][:V]
+        out["output.weight"] = weight("lm_head", V)
     for i in range(cfg.n_layer):
         for ours, theirs in BLOCK_TENSORS.items():
-            for part in ("weight", "bias"):
-                out[f"blk.{i}.{theirs}.{part}"] = state[f"transformer.h.{i}.{ours}.{part}"]
-    return {k: v.contiguous().numpy() for k, v in out.items()}
+            name = f"transformer.h.{i}.{ours}"
+            out[f"blk.{i}.{theirs}.weight"] = weight(name)
+            out[f"blk.{i}.{theirs}.bias"] = bias(name)
+    return out
 
 
 def _tensor_type(name: str, array: np.ndarray, dtype: str) -> str:
@@ -189,7 +258,7 @@ def export_gguf(
 
     Raises:
         ModelError: the architecture is not llama.cpp's GPT-2 (named), or the model is
-            quantized / a classifier / has unmerged LoRA.
+            quantized in a layout GGUF has no block type for / a classifier / has unmerged LoRA.
         TokenizerError: the tokenizer cannot be written exactly (the reason is named).
     """
     import gguf
@@ -204,10 +273,29 @@ def export_gguf(
     if out.exists() and not _is_gguf_file(out):
         raise GptforgeError(f"{out} exists and is not a GGUF file; --overwrite replaces only a GGUF file")
     model = load_model(model_path)
-    extra = getattr(model, "extra_config", {}) or {}
-    bad = [what for key, what in _NOT_EXPORTABLE_KEYS.items() if key in extra]
+    from gptforge.model.variants import variant_kinds
+
+    # config.json's "variants" (not extra_config, where these lived once: checking there let
+    # a classifier or an unmerged LoRA model through, and a quantized one crashed)
+    kinds = variant_kinds(model)
+    bad = [what for key, what in _NOT_EXPORTABLE_KEYS.items() if key in kinds]
     if bad:
         raise ModelError(f"{model_path} cannot be exported as GGUF: it is {'; '.join(bad)}")
+    quant = next((v for v in model.variants if v["kind"] == "quantization"), None) if "quantization" in kinds else None
+    qtype = None
+    if quant is not None:
+        qtype = quant_block_type(quant)
+        if qtype is None:
+            raise ModelError(
+                f"{model_path} is quantized {quant.get('method')} with groups of {quant.get('group_size')}: GGUF's "
+                f"4-bit blocks hold {BLOCK} values with one scale, so these weights cannot be written as they "
+                f"are; quantize with --group-size {BLOCK}, or export the float model with --dtype q4_0"
+            )  # fmt: skip
+        narrow = sorted({n for n, m in model.named_modules() if hasattr(m, "tensors") and n != "transformer.wpe"
+                         and (m.in_features if hasattr(m, "in_features") else m.embedding_dim) % BLOCK})  # fmt: skip
+        if narrow:
+            raise ModelError(f"{model_path} cannot be exported as GGUF {qtype}: the input width of {narrow[0]} is "
+                             f"not a multiple of {BLOCK} (a block's size); export the float model instead")  # fmt: skip
     problems = unsupported_for_gguf(model.config)
     if problems:
         raise ModelError(f"{model_path} cannot be exported as llama.cpp's gpt2: {'; '.join(problems)}")
@@ -222,12 +310,14 @@ def export_gguf(
         "f16": gguf.GGMLQuantizationType.F16,
         "q8_0": gguf.GGMLQuantizationType.Q8_0,
         "q4_0": gguf.GGMLQuantizationType.Q4_0,
+        "q4_1": gguf.GGMLQuantizationType.Q4_1,
     }
     file_types = {
         "f32": gguf.LlamaFileType.ALL_F32,
         "f16": gguf.LlamaFileType.MOSTLY_F16,
         "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
         "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0,
+        "q4_1": gguf.LlamaFileType.MOSTLY_Q4_1,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.tmp-", dir=out.parent)
@@ -242,7 +332,7 @@ def export_gguf(
         w.add_feed_forward_length(cfg.hidden_dim)
         w.add_head_count(cfg.n_head)
         w.add_layer_norm_eps(cfg.layer_norm_eps)
-        w.add_file_type(file_types[dtype])
+        w.add_file_type(file_types[qtype or dtype])
         w.add_tokenizer_model("gpt2")
         w.add_tokenizer_pre("gpt-2")
         w.add_token_list(tokens)
@@ -256,6 +346,11 @@ def export_gguf(
         w.add_add_bos_token(False)
         w.add_add_eos_token(False)
         for name, array in gguf_tensors(model).items():
+            if isinstance(array, tuple):  # a quantized matrix, its blocks as they are
+                kind, data = array
+                counts[kind] = counts.get(kind, 0) + 1
+                w.add_tensor(name, data, raw_dtype=qtypes[kind])
+                continue
             kind = _tensor_type(name, array, dtype)
             counts[kind] = counts.get(kind, 0) + 1
             if kind in ("f32", "f16"):
@@ -275,6 +370,7 @@ def export_gguf(
         "out": str(out),
         "bytes": out.stat().st_size,
         "dtype": dtype,
+        "quantized_as": qtype,
         "tensor_types": counts,
         "params": model.num_params(),
         "tied": cfg.tie_weights,

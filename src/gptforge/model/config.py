@@ -192,7 +192,8 @@ PRESETS: dict[str, GPTConfig] = {
     "shakespeare-char-cpu": GPTConfig(block_size=64, n_layer=4, n_head=4, n_embd=128, dropout=0.0, bias=False),
     # The modern recipe (bench/recipes.py, README "A modern recipe"): nanoGPT's CPU shape with
     # rotary positions (Su et al. 2021), RMSNorm, QK-norm, ReLU² (So et al. 2021), an untied
-    # head and zero-initialised output projections (modded-nanogpt); trained with Muon.
+    # head and zero-initialised output projections (modded-nanogpt); trained with Muon on a
+    # schedule sized to nanoGPT's wall time (train/config.py TRAIN_RECIPES has how it was chosen).
     "shakespeare-char-modern-cpu": GPTConfig(
         block_size=64, n_layer=4, n_head=4, n_embd=128, dropout=0.0, bias=False, positions="rope",
         normalization="rmsnorm", qk_norm=True, activation="relu2", tie_weights=False, zero_init_proj=True,

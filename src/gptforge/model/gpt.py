@@ -207,6 +207,9 @@ class Block(nn.Module):
 class GPT(nn.Module):
     """Token (+ learned position) embeddings, ``n_layer`` blocks, a final norm (pre-LN only), an LM head."""
 
+    # Methods callers run in place of forward (a sharded model gathers its weights around them too).
+    forward_methods: tuple[str, ...] = ("hidden_states", "head")
+
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         if config.vocab_size is None:

@@ -178,7 +178,7 @@ def wrap_model(model: torch.nn.Module, mode: str, device: torch.device) -> torch
 
         return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
     if mode == "fsdp":
-        from torch.distributed.fsdp import fully_shard
+        from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
         from gptforge.model.loading import unwrap_model
 
@@ -188,6 +188,11 @@ def wrap_model(model: torch.nn.Module, mode: str, device: torch.device) -> torch
         for block in getattr(getattr(plain, "transformer", plain), "h", []):
             fully_shard(block)
         fully_shard(plain)
+        # Tasks that call the model's parts instead of forward (the instruct loss runs
+        # hidden_states, then the LM head on the scored positions only; classification runs
+        # classify_logits) need FSDP to gather the parameters around those calls too.
+        for method in getattr(plain, "forward_methods", ()):
+            register_fsdp_forward_method(plain, method)
         return model
     raise ConfigError(f"unknown distributed mode {mode!r}")
 
@@ -350,9 +355,16 @@ def full_state_views(
     osd = get_optimizer_state_dict(model, optimizer, options=options) if optimizer is not None else None
     if not is_main():
         return None, None
+    from gptforge.model.gpt import GPT
+    from gptforge.model.variants import apply_variants, finish_variants
+
+    # The plain twin is rebuilt the way loading builds a model dir: the base, then each
+    # variant (classifier head, LoRA adapters) in order, so every sharded tensor has its place.
+    variants = list(getattr(model, "variants", None) or [])
     with torch.device("meta"):
-        plain = type(model)(model.config)
+        plain = apply_variants(GPT(model.config), variants, "the sharded model")
     plain.load_state_dict(weights, assign=True)
+    finish_variants(plain, variants)
     plain.tokenizer = getattr(model, "tokenizer", None)
     opt_view = SimpleNamespace(state_dict=lambda: optimizer_state_by_index(osd)) if osd is not None else None
     return plain, opt_view

@@ -41,20 +41,28 @@ def newton_schulz(g: torch.Tensor, steps: int = 5, dtype: torch.dtype = torch.fl
     S' roughly in [0.7, 1.2] rather than exactly 1, which trains as well (Jordan et al.).
     Worked on the wide orientation (R <= K), so the Gram matrix A is the smaller one.
 
+    ``g`` may also be a stack (N, R, K) of same-shaped matrices, each orthogonalised on its
+    own (batched matmuls: see :meth:`Muon.step` for why).
+
     Returns:
-        (R, K) in ``dtype``.
+        (R, K) or (N, R, K) in ``dtype``.
     """
     a, b, c = NS_COEFFICIENTS
     x = g.to(dtype)
-    tall = g.size(0) > g.size(1)
+    tall = g.size(-2) > g.size(-1)
     if tall:
-        x = x.T
-    x = x / x.norm().clamp(min=eps)  # (R, K) with R <= K
+        x = x.mT
+    if x.dim() == 2:
+        x = x / x.norm().clamp(min=eps)  # (R, K) with R <= K
+        addmm = torch.addmm
+    else:
+        x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)  # (N, R, K), each matrix by its own norm
+        addmm = torch.baddbmm
     for _ in range(steps):
-        gram = x @ x.T  # (R, R)
-        poly = torch.addmm(gram, gram, gram, beta=b, alpha=c)  # b A + c A^2
-        x = torch.addmm(x, poly, x, beta=a)  # a X + (b A + c A^2) X
-    return x.T if tall else x
+        gram = x @ x.mT  # (..., R, R)
+        poly = addmm(gram, gram, gram, beta=b, alpha=c)  # b A + c A^2
+        x = addmm(x, poly, x, beta=a)  # a X + (b A + c A^2) X
+    return x.mT if tall else x
 
 
 class Muon(torch.optim.Optimizer):
@@ -84,12 +92,21 @@ class Muon(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
+        """One Muon step for every parameter with a gradient.
+
+        The updates of same-shaped matrices (after turning tall ones wide: ``mlp.c_fc`` (4C, C)
+        joins ``mlp.c_proj`` (C, 4C)) are orthogonalised together, as one stack of batched
+        matmuls. Why: these matrices are small (128 x 512 in the CPU preset) and one matmul of
+        such a size leaves the CPU's cores half idle; a stack of 8 runs the iterations in about
+        half the time of 8 separate ones (bench/modern_step.py), with the same numbers.
+        """
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
             lr, mu, wd = group["lr"], group["momentum"], group["weight_decay"]
+            buckets: dict[Any, list[tuple[torch.Tensor, torch.Tensor]]] = {}
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -100,7 +117,16 @@ class Muon(torch.optim.Optimizer):
                 buf = state["momentum_buffer"]
                 buf.lerp_(g, 1 - mu)  # (R, K)
                 update = g.lerp(buf, mu) if group["nesterov"] else buf
-                ortho = newton_schulz(update, group["ns_steps"], _DTYPES[group["ns_dtype"]])  # (R, K)
-                p.mul_(1 - lr * wd)
-                p.add_(ortho, alpha=-lr * math.sqrt(max(1, p.size(0) / p.size(1))))
+                wide = update.mT if update.size(0) > update.size(1) else update  # (min, max)
+                # only plain tensors are stacked (a sharded DTensor goes on its own)
+                key = (tuple(wide.shape), wide.dtype, wide.device) if type(wide) is torch.Tensor else id(p)
+                buckets.setdefault(key, []).append((p, wide))
+            for members in buckets.values():
+                stack = torch.stack([w for _, w in members]) if len(members) > 1 else members[0][1]
+                ortho = newton_schulz(stack, group["ns_steps"], _DTYPES[group["ns_dtype"]])  # (N, R, K) or (R, K)
+                for i, (p, _) in enumerate(members):
+                    o = ortho[i] if len(members) > 1 else ortho  # (min, max)
+                    o = o.mT if p.size(0) > p.size(1) else o  # back to (R, K)
+                    p.mul_(1 - lr * wd)
+                    p.add_(o, alpha=-lr * math.sqrt(max(1, p.size(0) / p.size(1))))
         return loss

@@ -131,7 +131,10 @@ class EpochLoader:
 
     Its whole state is the number of batches handed out, so a resume continues mid-epoch.
     Under DDP each process takes its share of every batch (rows ``rank::world``), so the
-    processes together see the batch one process would.
+    processes together see the batch one process would. A process whose share is empty (an
+    epoch's last batch can hold fewer rows than there are processes) still has to run the
+    step, as DDP needs every process in every all-reduce: it gets the batch's first row as a
+    stand-in (``batch["stand_in"]``), which :meth:`ExamplesTask.loss` counts zero times.
     """
 
     def __init__(self, examples: list[Any], collate: Callable[[list[Any]], Any], length: Callable[[Any], int],
@@ -158,10 +161,14 @@ class EpochLoader:
     def next_batch(self) -> Any:
         epoch, index = divmod(self.position, self.steps_per_epoch)
         rows = self._batches(epoch)[index]
+        stand_in = False
         if self.world_size > 1:
-            rows = rows[self.rank :: self.world_size]
+            rows, stand_in = rows[self.rank :: self.world_size] or rows[:1], len(rows) <= self.rank
         self.position += 1
-        return to_device(self.collate(rows), self.device)
+        batch = self.collate(rows)
+        if stand_in:
+            batch["stand_in"] = True
+        return to_device(batch, self.device)
 
     def state_dict(self) -> dict[str, Any]:
         return {"kind": "epochs", "position": self.position}
@@ -170,6 +177,28 @@ class EpochLoader:
         if state.get("kind") != "epochs":
             raise CheckpointError("the checkpoint's data position is not an epoch loader's")
         self.position = int(state["position"])
+
+
+def _is_stand_in(batch: Any) -> bool:
+    return isinstance(batch, dict) and bool(batch.get("stand_in", False))
+
+
+def global_mean_share(value: torch.Tensor, count: int) -> torch.Tensor:
+    """This process's mean loss over ``count`` items, rescaled for DDP/FSDP gradient averaging.
+
+    DDP averages the processes' gradients, which weights each process's mean equally. When
+    the processes hold different numbers of items (response tokens of unequal length, a short
+    last batch) that is not the mean over the whole batch one process would take. Scaling each
+    mean by ``count * world / total`` makes the average of the processes exactly the mean over
+    all ``total`` items; with equal counts the factor is 1 and nothing changes.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    total = torch.tensor([float(count)], device=value.device)
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return value * (count * dist.get_world_size() / max(float(total.item()), 1.0))
 
 
 @torch.no_grad()
@@ -232,9 +261,12 @@ class ExamplesTask:
                            self.sort_by_length, rank, world_size, device)  # fmt: skip
 
     def loss(self, model: torch.nn.Module, batch: Any) -> torch.Tensor:
-        return self.loss_and_count(model, batch)[0]
+        value, count = self.loss_and_count(model, batch)
+        return global_mean_share(value, 0 if _is_stand_in(batch) else count)
 
     def batch_tokens(self, batch: Any) -> int:
+        if _is_stand_in(batch):
+            return 0
         mask = batch.get("attention_mask") if isinstance(batch, dict) else None
         return int(mask.sum()) if mask is not None else 0
 
