@@ -11,7 +11,7 @@ from gptforge.config import apply
 from gptforge.model.config import GPTConfig
 from gptforge.model.gpt import GPT
 from gptforge.train.config import TrainConfig
-from gptforge.train.optim import build_optimizer, param_groups
+from gptforge.train.optim import build_optimizer, fused_supported, param_groups
 from gptforge.train.schedule import lr_at
 
 
@@ -74,7 +74,13 @@ def test_optimizer_settings() -> None:
     opt = build_optimizer(model, TrainConfig(lr=3e-4, beta1=0.8, beta2=0.95, weight_decay=0.05), torch.device("cpu"))
     assert isinstance(opt, torch.optim.AdamW)
     assert opt.param_groups[0]["betas"] == (0.8, 0.95) and opt.param_groups[0]["weight_decay"] == 0.05
-    assert not opt.param_groups[0].get("fused")  # fused is opt-in off CUDA
+    # fused by default on the CPU where torch has the kernel (same update, ~1 ulp of rounding:
+    # tests/train/test_train_vs_reference.py compares the trainer with plain AdamW)
+    assert bool(opt.param_groups[0].get("fused")) == fused_supported(torch.device("cpu"))
+    off = build_optimizer(model, TrainConfig(fused=False), torch.device("cpu"))
+    assert not off.param_groups[0].get("fused")
+    muon = build_optimizer(model, TrainConfig(optimizer="muon"), torch.device("cpu"))
+    assert not muon._adamw.param_groups[0].get("fused")  # Muon's AdamW half: torch's default on the CPU
 
 
 def test_fused_true_on_a_device_without_the_kernel_falls_back(monkeypatch, caplog) -> None:

@@ -76,7 +76,7 @@ class TrainConfig:
     on_nan: Literal["stop", "skip"] = cfg_field(
         "stop", "on a NaN/inf loss: stop (keeping the last good checkpoint) or skip that step"
     )
-    fused: bool | None = cfg_field(None, "fused AdamW; None = on CUDA (true: also on CPU/MPS where torch has it)")
+    fused: bool | None = cfg_field(None, "fused AdamW; None = on CUDA, and on the CPU for optimizer adamw, where torch has it")
     distributed: Literal["auto", "ddp", "fsdp", "none"] = cfg_field(
         "auto", "under torchrun: ddp (one model copy per process), fsdp (sharded); auto = ddp with >1 process"
     )
