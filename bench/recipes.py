@@ -3,6 +3,7 @@
     flock /tmp/gptforge-bench.lock python bench/recipes.py                    # all three, one seed
     flock /tmp/gptforge-bench.lock python bench/recipes.py --seeds 1,2,3      # the modern preset: 3 seeds
     flock /tmp/gptforge-bench.lock python bench/recipes.py --only modern --ablate   # each option off in turn
+    python bench/recipes.py --only modern --nanogpt-wall 190 --ablate no-rope,gelu   # some of them
 
 Each run is a subprocess, one after the other, on the same machine: the real nanoGPT
 (``../shared/peers/nanoGPT``, run from a temporary copy as its README says, never imported),
@@ -153,7 +154,9 @@ def main() -> int:
     p.add_argument("--only", default="nanogpt,classic,modern", help="comma list of nanogpt, classic, modern")
     p.add_argument("--seeds", default="1337", help="seeds of the modern preset (comma list)")
     p.add_argument("--preset", default="shakespeare-char-modern-cpu")
-    p.add_argument("--ablate", action="store_true", help="also run the modern preset with each option off in turn")
+    p.add_argument("--ablate", nargs="?", const="all", metavar="NAMES",
+                   help=f"also run the modern preset with each option off in turn (or only NAMES, a comma "
+                        f"list of {', '.join(ABLATIONS)})")
     p.add_argument("--nanogpt-wall", type=float, help="nanoGPT's wall time when it is not run (--only)")
     p.add_argument("--out", help="keep the runs here (default: a temporary folder)")
     p.add_argument("--nanogpt-flag", action="append", default=[], metavar="--NAME=VALUE",
@@ -162,6 +165,10 @@ def main() -> int:
                    help="extra flag for the modern runs, e.g. --set train.max_steps=500")
     args = p.parse_args()
     only = set(args.only.split(","))
+    ablations = [] if not args.ablate else list(ABLATIONS) if args.ablate == "all" else args.ablate.split(",")
+    unknown = [n for n in ablations if n not in ABLATIONS]
+    if unknown:  # before any run starts
+        sys.exit(f"error: unknown ablation {', '.join(unknown)}; choose from {', '.join(ABLATIONS)}")
     extra = [x for kv in args.set for x in ("--" + kv.split("=", 1)[0], kv.split("=", 1)[1])]
     work = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="gptforge-recipes-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -180,8 +187,8 @@ def main() -> int:
             name = "modern" if args.seeds == "1337" else f"modern-seed{seed}"
             results.append(run_gptforge(data, work / name, args.preset, ["--train.seed", seed, *extra]))
     if args.ablate:
-        for name, flags in ABLATIONS.items():
-            results.append(run_gptforge(data, work / name, args.preset, [*flags, *extra]))
+        for name in ablations:
+            results.append(run_gptforge(data, work / name, args.preset, [*ABLATIONS[name], *extra]))
     ref = next((r for r in results if r["name"] == "nanoGPT"), None)
     t_ref = ref["wall_s"] if ref else args.nanogpt_wall
     loss_ref = ref["val_loss"] if ref else 1.886

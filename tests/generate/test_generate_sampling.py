@@ -12,6 +12,7 @@ from gptforge.generate.engine import generate
 from gptforge.generate.sampling import (
     apply_frequency_penalty,
     apply_repetition_penalty,
+    inverse_cdf,
     min_p_filter,
     sample,
     top_k_filter,
@@ -187,3 +188,17 @@ def test_seen_tokens_keeps_a_real_token_equal_to_the_pad_id() -> None:
                 want[b, idx[b, t]] = True
     assert torch.equal(got, want) and got[0, 0] and not got[1, 1]
     assert torch.equal(seen_tokens(idx, None, 6)[1], torch.tensor([False, True, True, False, False, True]))
+
+
+def test_inverse_cdf_worked_example_and_zero_weights() -> None:
+    """The docstring's example, the edges of [0, 1), and a zero-weight token at each end."""
+    probs = torch.tensor([[0.5, 0.0, 0.25, 0.25]])
+    got = [int(inverse_cdf(probs, torch.tensor([[u]], dtype=torch.float64))[0]) for u in (0.0, 0.3, 0.5, 0.9)]
+    assert got == [0, 0, 2, 3]
+    edge = torch.tensor([[0.0, 0.3, 0.7, 0.0]])
+    below_one = 1.0 - 2.0**-53  # the largest float64 below 1
+    u = torch.tensor([[0.0], [below_one]], dtype=torch.float64)
+    assert inverse_cdf(edge.expand(2, -1), u).tolist() == [1, 2]
+    weights = torch.tensor([[2.0, 0.0, 6.0]])  # unnormalised: each row's own sum
+    assert inverse_cdf(weights, torch.tensor([[0.24]], dtype=torch.float64)).tolist() == [0]
+    assert inverse_cdf(weights, torch.tensor([[0.26]], dtype=torch.float64)).tolist() == [2]

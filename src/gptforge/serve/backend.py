@@ -45,8 +45,16 @@ class Backend:
 
     def start(self, max_batch: int = 16, max_queue: int = 64, cache_len: int | None = None,
               prefill_chunk: int = 128) -> Scheduler:
-        """Start the scheduler thread (see :class:`Scheduler` for the arguments)."""
+        """Start the scheduler thread (see :class:`Scheduler` for the arguments).
+
+        With batching on, the model's large CPU layers first get kernels measured for a
+        batched step as well as for one row (:mod:`gptforge.serve.batched_decoding`).
+        """
         if self.scheduler is None:
+            if max_batch > 1:
+                from gptforge.serve.batched_decoding import prepare_for_batching
+
+                prepare_for_batching(self.model, rows=min(max_batch, 16), max_rows=max_batch)
             self.scheduler = Scheduler(self.model, self.tokenizer, max_batch=max_batch, max_queue=max_queue,
                                        cache_len=cache_len, prefill_chunk=prefill_chunk)
         return self.scheduler
