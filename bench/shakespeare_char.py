@@ -121,7 +121,7 @@ def run_gptforge(data: Path, out: Path, flags: list[str]) -> dict:
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     rates = [r["tokens_per_s"] for r in lines if r.get("tokens_per_s")]
-    return {"name": "gptforge", "load_before": before, "wall_s": wall, "tokens_per_s": statistics.median(rates[1:]),
+    return {"name": "gptforge", "load_before": before, "wall_s": wall, "tokens_per_s": statistics.median(rates[1:] or rates),
             "step": summary["step"], "val_loss": summary["val_loss"], "train_loss": summary["train_loss"],
             "final": summary["final"]}  # fmt: skip
 
