@@ -96,7 +96,8 @@ def run_nanogpt(copy: Path, extra: list[str]) -> dict:
     shutil.rmtree(copy / "out-shakespeare-char", ignore_errors=True)
     before = load()
     t0 = time.perf_counter()
-    proc = subprocess.run([PY, "-u", "train.py", *NANOGPT_FLAGS, *extra], cwd=copy, capture_output=True, text=True)
+    proc = subprocess.run([PY, "-u", "train.py", *NANOGPT_FLAGS, *extra], cwd=copy, capture_output=True, text=True,
+                          env=os.environ)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"nanoGPT failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -120,7 +121,7 @@ def run_gptforge(data: Path, out: Path, flags: list[str]) -> dict:
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     rates = [r["tokens_per_s"] for r in lines if r.get("tokens_per_s")]
-    return {"name": "gptforge", "load_before": before, "wall_s": wall, "tokens_per_s": statistics.median(rates[1:]),
+    return {"name": "gptforge", "load_before": before, "wall_s": wall, "tokens_per_s": statistics.median(rates[1:] or rates),
             "step": summary["step"], "val_loss": summary["val_loss"], "train_loss": summary["train_loss"],
             "final": summary["final"]}  # fmt: skip
 
@@ -160,6 +161,7 @@ def main() -> int:
                    help="extra nanoGPT flag (a smoke test: --nanogpt-flag=--max_iters=4)")
     p.add_argument("--device", help="our runs' train.device (nanoGPT runs only with cpu)")
     p.add_argument("--precision", help="our runs' train.precision (fp32 is the comparison)")
+    p.add_argument("--threads", type=int, help="OMP_NUM_THREADS for every run (default: torch's choice)")
     p.add_argument("--whole", action="store_true", help="also our final model's loss over the whole val split")
     p.add_argument("--out", metavar="DIR", help="keep the runs here (default: a temporary folder)")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
@@ -168,6 +170,8 @@ def main() -> int:
     flags += [x for key in ("device", "precision") if getattr(args, key) for x in (f"--train.{key}", getattr(args, key))]
     work = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="gptforge-shk-"))
     work.mkdir(parents=True, exist_ok=True)
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # inherited by both programs' processes
     with_nanogpt = not args.no_nanogpt and PEER.is_dir() and args.device in (None, "cpu")
     if not args.no_nanogpt and not with_nanogpt:
         print(f"nanoGPT is not at {PEER} (the shared folder beside the checkout): our runs only", file=sys.stderr)
@@ -213,6 +217,10 @@ def main() -> int:
     if "ratio" in out:
         print(f"gptforge / nanoGPT: {out['ratio']['tokens_per_s']:.2f}x tokens/s, "
               f"{out['ratio']['wall']:.2f}x wall time (nanoGPT's wall / ours); target >= 1.2x both")
+    for i, (a, b) in enumerate(zip(theirs, ours)):  # each round's pair ran back to back
+        if len(theirs) > 1:
+            print(f"round {i + 1}: {b['tokens_per_s'] / a['tokens_per_s']:.2f}x tokens/s, "
+                  f"{a['wall_s'] / b['wall_s']:.2f}x wall time")
     if len(ours) > 1:
         print(f"our val loss over seeds {args.seeds}: mean {statistics.mean(r['val_loss'] for r in ours):.4f} "
               f"(nanoGPT's loop restated, 10 seeds: {NANOGPT_SEEDS['val_loss']})")

@@ -199,7 +199,7 @@ def inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     Example: probs [[0.5, 0.0, 0.25, 0.25]] (cumulative [0.5, 0.5, 0.75, 1.0]):
     u 0.3 -> 0, u 0.5 -> 2 (not 1, whose weight is 0), u 0.9 -> 3.
     """
-    cdf = probs.double().cumsum(dim=-1)  # (B, V)
+    cdf = torch.cumsum(probs, dim=-1, dtype=torch.float64)  # (B, V)
     total = cdf[:, -1:]  # (B, 1)
     x = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))  # (B, 1), < total after rounding
     return torch.searchsorted(cdf, x, right=True).squeeze(-1)  # (B,)

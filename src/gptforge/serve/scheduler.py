@@ -373,11 +373,14 @@ class Scheduler:
             for r, t in zip(greedy, torch.argmax(biased[greedy], dim=-1).tolist()):
                 chosen[r] = t
         if plain:
-            x = biased[plain]  # (m, V)
+            x = biased if len(plain) == n else biased[plain]  # (m, V)
             temps = torch.tensor([seqs[r].params.temperature for r in plain], dtype=torch.float64)[:, None]
             scale = temps != 1.0  # the engine leaves temperature-1 logits untouched
-            shifted = torch.where(scale, x - x.max(dim=-1, keepdim=True).values, x)
-            probs = torch.softmax((shifted.double() / temps).to(x.dtype), dim=-1)  # (m, V)
+            if bool(scale.all()):  # (the usual case: no where() pass over the whole batch)
+                shifted = x - x.max(dim=-1, keepdim=True).values
+            else:
+                shifted = torch.where(scale, x - x.max(dim=-1, keepdim=True).values, x)
+            probs = torch.softmax(shifted.double().div_(temps).to(x.dtype), dim=-1)  # (m, V)
             u = torch.cat([torch.rand(1, 1, generator=seqs[r].generator, dtype=torch.float64, device=x.device)
                            for r in plain])  # (m, 1) each row's own draw, as sample() makes it
             for r, t in zip(plain, inverse_cdf(probs, u).tolist()):
