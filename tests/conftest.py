@@ -43,6 +43,17 @@ def _restore_gptforge_logger():
 
 
 @pytest.fixture
+def three_threads():
+    """Three intra-op threads, so the split kernel paths run (with an uneven remainder) on any machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    yield 3
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def data_dir() -> Path:
     if not (DATA_DIR / "tinyshakespeare.txt").is_file():
         pytest.skip(f"shared data not found at {DATA_DIR}; set GPTFORGE_DATA_DIR")

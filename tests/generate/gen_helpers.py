@@ -9,6 +9,11 @@ from gptforge.model.gpt import GPT
 from gptforge.model.kv_cache import KVCache
 
 
+def column_major(w: torch.Tensor) -> torch.Tensor:
+    """The same values stored (in, out): the layout the decoding kernels may re-store a weight in."""
+    return w.t().contiguous().t()
+
+
 def tiny_gpt(vocab_size: int = 97, block_size: int = 256, seed: int = 0, **kw: object) -> GPT:
     """A 2-layer, 32-wide GPT with random weights (eval mode)."""
     torch.manual_seed(seed)

@@ -22,16 +22,7 @@ from gptforge.generate.cpu_decoding import (
     time_kernels,
 )
 from gptforge.generate.engine import generate
-from tests.generate.gen_helpers import tiny_gpt
-
-
-@pytest.fixture
-def three_threads():
-    """Three intra-op threads, so the split paths run (with an uneven remainder) on any machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(3)
-    yield 3
-    torch.set_num_threads(before)
+from tests.generate.gen_helpers import column_major, tiny_gpt
 
 
 @pytest.fixture
@@ -39,10 +30,6 @@ def fresh_choices(monkeypatch):
     """An empty kernel-choice table, and every layer large enough to get a kernel."""
     monkeypatch.setattr(cpu_decoding, "_CHOICES", {})
     monkeypatch.setattr(cpu_decoding, "MIN_WEIGHTS", 0)
-
-
-def column_major(w: torch.Tensor) -> torch.Tensor:
-    return w.t().contiguous().t()
 
 
 @pytest.mark.parametrize("parts", [1, 3])

@@ -16,16 +16,7 @@ from gptforge.serve.batched_decoding import (
     choose_kernels,
     prepare_for_batching,
 )
-from tests.generate.gen_helpers import tiny_gpt
-
-
-@pytest.fixture
-def three_threads():
-    """Three intra-op threads, so the split paths run (with an uneven remainder) on any machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(3)
-    yield 3
-    torch.set_num_threads(before)
+from tests.generate.gen_helpers import column_major, tiny_gpt
 
 
 @pytest.fixture
@@ -34,10 +25,6 @@ def fresh_choices(monkeypatch):
     monkeypatch.setattr(cpu_decoding, "_CHOICES", {})
     monkeypatch.setattr(batched, "_CHOICES", {})
     monkeypatch.setattr(cpu_decoding, "MIN_WEIGHTS", 0)
-
-
-def column_major(w: torch.Tensor) -> torch.Tensor:
-    return w.t().contiguous().t()
 
 
 @pytest.mark.parametrize("kernel", sorted(ROWS_KERNELS))

@@ -198,24 +198,34 @@ def time_kernels(shape: tuple[int, int], dtype: torch.dtype, count: int, threads
     synthetic copies (speed does not depend on the values); they are freed on return.
     """
     threads = threads or torch.get_num_threads()
+    return time_candidates(KERNELS, _candidates(threads), shape, dtype, count, rows=1, threads=threads, prune=True)
+
+
+def time_candidates(table: dict[str, tuple[str, Callable]], names: list[str], shape: tuple[int, int], dtype: torch.dtype,
+                    count: int, rows: int, threads: int, prune: bool) -> dict[str, float]:  # fmt: skip
+    """The timing loop of :func:`time_kernels` for any kernel table and ``rows`` rows per product.
+
+    ``table[name] = (layout, fn(x2, weight, threads))``; with ``prune`` a kernel 3x slower
+    than the best in the warm-up round is not timed again (its time stays that round's).
+    """
     n_out, n_in = shape
     nbytes = n_out * n_in * torch.empty(0, dtype=dtype).element_size()
     count = max(count, math.ceil(PROBE_BYTES / nbytes))
-    rows = torch.full((count, n_out, n_in), 0.01, dtype=dtype)  # (count, out, in)
-    cols = rows.transpose(1, 2).contiguous().transpose(1, 2)  # the same, stored (in, out)
-    x2 = torch.full((1, n_in), 0.5, dtype=dtype)
-    names = _candidates(threads)
+    row_w = torch.full((count, n_out, n_in), 0.01, dtype=dtype)  # (count, out, in)
+    col_w = row_w.transpose(1, 2).contiguous().transpose(1, 2)  # the same, stored (in, out)
+    x2 = torch.full((rows, n_in), 0.5, dtype=dtype)
     best = {k: math.inf for k in names}
     with torch.inference_mode():
         for r in range(PROBE_ROUNDS + 1):  # round 0 warms up
             for k in names:
-                layout, fn = KERNELS[k]
-                ws = rows if layout == "row" else cols
+                layout, fn = table[k]
+                ws = row_w if layout == "row" else col_w
                 t0 = time.perf_counter()
                 for i in range(count):
                     fn(x2, ws[i], threads)
-                best[k] = min(best[k], (time.perf_counter() - t0) / count)
-            if r == 0:  # a kernel 3x slower than the best in the warm-up round is not timed again
+                if prune or r > 0:
+                    best[k] = min(best[k], (time.perf_counter() - t0) / count)
+            if prune and r == 0:
                 fastest = min(best.values())
                 names = [k for k in names if best[k] <= 3 * fastest]
                 best = {k: (math.inf if k in names else v) for k, v in best.items()}

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import Callable
 
 import torch
@@ -108,25 +107,8 @@ def time_rows_kernels(shape: tuple[int, int], dtype: torch.dtype, count: int, ro
     turn, kernels alternating round by round, each kernel's best round.
     """
     threads = threads or torch.get_num_threads()
-    n_out, n_in = shape
-    nbytes = n_out * n_in * torch.empty(0, dtype=dtype).element_size()
-    count = max(count, math.ceil(cpu_decoding.PROBE_BYTES / nbytes))
-    row_w = torch.full((count, n_out, n_in), 0.01, dtype=dtype)  # (count, out, in)
-    col_w = row_w.transpose(1, 2).contiguous().transpose(1, 2)  # the same, stored (in, out)
-    x2 = torch.full((rows, n_in), 0.5, dtype=dtype)
     names = [k for k in ROWS_KERNELS if threads > 1 or k not in ROWS_SPLIT_KERNELS]
-    best = {k: math.inf for k in names}
-    with torch.inference_mode():
-        for r in range(cpu_decoding.PROBE_ROUNDS + 1):  # round 0 warms up
-            for k in names:
-                layout, fn = ROWS_KERNELS[k]
-                ws = row_w if layout == "row" else col_w
-                t0 = time.perf_counter()
-                for i in range(count):
-                    fn(x2, ws[i], threads)
-                if r > 0:
-                    best[k] = min(best[k], (time.perf_counter() - t0) / count)
-    return best
+    return cpu_decoding.time_candidates(ROWS_KERNELS, names, shape, dtype, count, rows, threads, prune=False)
 
 
 def choose_kernels(one_row: dict[str, float], many_rows: dict[str, float]) -> tuple[str, str]:
