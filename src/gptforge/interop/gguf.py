@@ -281,7 +281,7 @@ def export_gguf(
     bad = [what for key, what in _NOT_EXPORTABLE_KEYS.items() if key in kinds]
     if bad:
         raise ModelError(f"{model_path} cannot be exported as GGUF: it is {'; '.join(bad)}")
-    quant = next((v for v in model.variants if v["kind"] == "quantization"), None) if "quantization" in kinds else None
+    quant = next((v for v in getattr(model, "variants", None) or [] if v["kind"] == "quantization"), None)
     qtype = None
     if quant is not None:
         qtype = quant_block_type(quant)
