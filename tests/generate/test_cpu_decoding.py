@@ -227,3 +227,41 @@ def test_bf16_prefill_upcast_matches_f_linear(fresh_choices, monkeypatch) -> Non
     x = torch.randn(1, 5, 24).to(torch.bfloat16)
     with torch.no_grad():
         torch.testing.assert_close(layer(x).float(), base(x).float(), rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("kernel", sorted(KERNELS))
+@pytest.mark.parametrize("n_out", [36, 37])  # 37: an uneven split, the last output goes apart
+@pytest.mark.parametrize("with_bias", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_one_row_plan_equals_f_linear_and_follows_the_weight(kernel, n_out, with_bias, dtype, three_threads) -> None:
+    """The one-row plan (views and bias made once) gives F.linear's values, and is re-derived
+    when the weight is re-stored (train() + a new layout, .to()) instead of reading old storage."""
+    g = torch.Generator().manual_seed(n_out)
+    base = torch.nn.Linear(24, n_out, bias=with_bias).to(dtype)
+    with torch.no_grad():
+        base.weight.copy_(torch.randn(n_out, 24, generator=g))
+        if with_bias:
+            base.bias.copy_(torch.randn(n_out, generator=g))
+    layer = DecodeLinear.from_linear(copy.deepcopy(base), kernel).eval()
+    if KERNELS[kernel][0] == "col":
+        layer.weight.data = column_major(layer.weight.data)
+    x = torch.randn(1, 1, 24, generator=g).to(dtype)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=5e-2)
+    with torch.inference_mode():
+        assert layer._one_row() is not None  # every kernel has a one-row plan with 3 threads
+        got = layer(x)
+        assert got.shape == (1, 1, n_out) and got.dtype == dtype
+        torch.testing.assert_close(got.float(), F.linear(x, base.weight, base.bias).float(), **tol)
+    layer.train()
+    assert layer._plan is None  # its views must not keep the old storage alive
+    with torch.no_grad():
+        layer.weight.mul_(2)  # training changed the weight
+    layer.eval()
+    if KERNELS[kernel][0] == "col":
+        layer.weight.data = column_major(layer.weight.data)
+    with torch.inference_mode():
+        torch.testing.assert_close(layer(x).float(), F.linear(x, 2 * base.weight, base.bias).float(), **tol)
+        layer.to(torch.float32)
+        torch.testing.assert_close(layer(x.float()), F.linear(x.float(), 2 * base.weight.float(),
+                                                              None if base.bias is None else base.bias.float()),
+                                   **tol)

@@ -176,3 +176,21 @@ def test_last_only_and_hidden_states() -> None:
     assert last.shape == (2, 1, 50)
     torch.testing.assert_close(last[:, 0], full[:, -1])
     torch.testing.assert_close(model.lm_head(hidden), full)
+
+
+def test_kv_cache_writes_follow_reassigned_buffers() -> None:
+    """The cache keeps per-layer views for its writes; a caller that sets ``k``/``v`` to other
+    tensors (the server's scheduler does) must get its writes there, not in the old buffers."""
+    from gptforge.model.kv_cache import KVCache
+
+    cache = KVCache(n_layer=2, batch_size=1, n_head=2, max_seq_len=4, head_size=3)
+    k1, v1 = torch.ones(1, 2, 1, 3), 2 * torch.ones(1, 2, 1, 3)
+    k_all, v_all = cache.update(1, k1, v1)
+    assert k_all.shape == (1, 2, 1, 3) and torch.equal(cache.k[1, :, :, 0], k1[:, :, 0])
+    assert torch.equal(cache.v[1, :, :, 0], v1[:, :, 0]) and not cache.k[0].any()
+    old_k = cache.k
+    cache.k, cache.v = torch.zeros(2, 1, 2, 4, 3), torch.zeros(2, 1, 2, 4, 3)
+    cache.advance(1)
+    k_all, _ = cache.update(0, 3 * k1, v1)
+    assert k_all.shape == (1, 2, 2, 3) and torch.equal(cache.k[0, :, :, 1], 3 * k1[:, :, 0])
+    assert not old_k[0].any()  # nothing written into the old buffer

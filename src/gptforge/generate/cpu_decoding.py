@@ -147,6 +147,7 @@ class DecodeLinear(nn.Linear):
 
     kernel: str = "linear"
     upcast: bool = False  # products of several rows in float32 (bf16 weights on a CPU without bf16)
+    _plan: tuple | None = None  # (key, fn(x (in,)) -> (out,)): the one-row product, see _one_row
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, kernel: str = "linear") -> DecodeLinear:
@@ -160,14 +161,75 @@ class DecodeLinear(nn.Linear):
 
     def train(self, mode: bool = True) -> DecodeLinear:
         if mode:
+            self._plan = None  # its views would keep the old storage alive
             _set_layout(self.weight, "row")  # training sees the usual layout
         return super().train(mode)
+
+    def _apply(self, fn, recurse: bool = True):  # type: ignore[override]
+        self._plan = None  # .to(...) gives new tensors: the plan's views are of the old ones
+        return super()._apply(fn, recurse)
+
+    def _one_row(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """The chosen kernel for one row as a single fused call, or None where it does not apply.
+
+        Why: a decoding step makes ~50 such products, and re-deriving each kernel's views
+        (slices, transposes, a separate bias add) cost ~10 small ops, some 20 us, per product.
+        The views and the bias (fused into ``addmv``/``baddbmm``) are made once; the plan is
+        re-derived when the weight's storage, strides or the thread count change (``train()``
+        and ``.to()`` drop it). With one row, a bmm's (parts, 1, width) output is already the
+        columns in order, so no transpose or copy follows.
+        """
+        w, b = self.weight, self.bias
+        parts = torch.get_num_threads()
+        key = (w.data_ptr(), w.stride(), None if b is None else b.data_ptr(), parts, self.kernel)
+        if self._plan is not None and self._plan[0] == key:
+            return self._plan[1]
+        layout = KERNELS[self.kernel][0]
+        n_out, n_in = w.shape
+        fn = None
+        if (layout == "col") != _is_col(w):
+            fn = None  # the weight is not in the kernel's layout (F.linear below)
+        elif self.kernel in ONE_ROW_KERNELS:  # (in,) -> (out,)
+            fn = (lambda x: torch.mv(w, x)) if b is None else (lambda x: torch.addmv(b, w, x))
+        elif self.kernel in SPLIT_KERNELS and parts >= 2 and n_out >= parts:
+            width = n_out // parts  # outputs per slice
+            main = width * parts  # the last n_out - main outputs (GPT-2's odd vocabulary) go apart
+            if self.kernel == "split-in-out":
+                wt = w.t()  # (in, out), contiguous
+                slices = wt[:, :main].view(n_in, parts, width).transpose(0, 1)  # (parts, in, width), a view
+                rest = wt[:, main:]  # (in, out - main)
+            else:  # split-rows: w (out, in) row-major
+                slices = w[:main].view(parts, width, n_in)  # (parts, width, in), a view
+                rest = w[main:].t()  # (in, out - main)
+            b_main = None if b is None else b[:main].view(parts, width, 1)  # (parts, width, 1)
+            if self.kernel == "split-in-out" and b_main is not None:
+                b_main = b_main.transpose(1, 2)  # (parts, 1, width)
+            b_rest = None if b is None else b[main:]
+
+            def fn(x: torch.Tensor) -> torch.Tensor:
+                if self.kernel == "split-in-out":  # (parts, 1, in) @ (parts, in, width)
+                    xs = x.view(1, 1, n_in).expand(parts, 1, n_in)
+                    y = torch.bmm(xs, slices) if b_main is None else torch.baddbmm(b_main, xs, slices)
+                else:  # (parts, width, in) @ (parts, in, 1)
+                    xs = x.view(1, n_in, 1).expand(parts, n_in, 1)
+                    y = torch.bmm(slices, xs) if b_main is None else torch.baddbmm(b_main, slices, xs)
+                y = y.view(main)  # (parts, 1, width) or (parts, width, 1): the outputs in order
+                if main == n_out:
+                    return y  # (out,)
+                r = x @ rest if b_rest is None else torch.addmv(b_rest, rest.t(), x)  # (out - main,)
+                return torch.cat([y, r])  # (out,)
+        else:  # linear, linear-in-out: F.linear adds the bias itself
+            fn = lambda x: F.linear(x, w, b)  # noqa: E731
+        self._plan = (key, fn)
+        return fn
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight
         if self.training or torch.is_grad_enabled() or x.dtype != w.dtype:
             return F.linear(x, w, self.bias)
         rows = x.numel() // self.in_features
+        if rows == 1 and (fn := self._one_row()) is not None:
+            return fn(x.reshape(self.in_features)).view(*x.shape[:-1], self.out_features)  # (..., out)
         layout, fn = KERNELS[self.kernel]
         parts = torch.get_num_threads()
         if (
@@ -330,6 +392,7 @@ def prepare_for_decoding(model: nn.Module) -> nn.Module:
             setattr(parent, name, child)
         child.kernel = kernel
         child.upcast = choose_upcast(tuple(w.shape), w.dtype, KERNELS[kernel][0])
+        child._plan = None
         _set_layout(w, KERNELS[kernel][0])  # a tied LM head shares this tensor with the embedding
     p = next((p for p in model.parameters() if p.is_floating_point()), None)  # activations' dtype
     if p is not None and p.device.type == "cpu" and p.dtype in (torch.float32, torch.bfloat16):

@@ -136,10 +136,15 @@ class CausalSelfAttention(nn.Module):
         rope: Rope | None = None,
     ) -> torch.Tensor:
         B, T, _ = x.shape  # (B, T, C)
-        q, k, v = self.c_attn(x).split(self.n_head * self.head_size, dim=2)  # 3 x (B, T, nh*hs)
-        q = q.view(B, T, self.n_head, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
-        v = v.view(B, T, self.n_head, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
+        qkv = self.c_attn(x)  # (B, T, 3*nh*hs)
+        if T == 1:  # decoding: with one position (B, 1, 3, nh, hs) is already (B, 3, nh, 1, hs),
+            # so one view replaces a split, three views and three transposes (each a ~2 us op)
+            q, k, v = qkv.view(B, 3, self.n_head, 1, self.head_size).unbind(1)  # 3 x (B, nh, 1, hs)
+        else:
+            q, k, v = qkv.split(self.n_head * self.head_size, dim=2)  # 3 x (B, T, nh*hs)
+            q = q.view(B, T, self.n_head, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
+            k = k.view(B, T, self.n_head, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
+            v = v.view(B, T, self.n_head, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
         if hasattr(self, "q_norm"):
             q, k = self.q_norm(q), self.k_norm(k)  # (B, nh, T, hs)
         if rope is not None:  # rotate by position; the cache keeps rotated keys
@@ -160,7 +165,10 @@ class CausalSelfAttention(nn.Module):
                 if mask is None:  # several new queries against a longer cache
                     mask = build_attention_mask(T, k.shape[2], None, x.device)
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
-        y = y.transpose(1, 2).contiguous().view(B, T, self.n_head * self.head_size)  # (B, T, nh*hs)
+        if T == 1:  # (B, nh, 1, hs) holds the heads in order already: a view, or one copy
+            y = y.reshape(B, 1, self.n_head * self.head_size)  # (B, 1, nh*hs)
+        else:
+            y = y.transpose(1, 2).contiguous().view(B, T, self.n_head * self.head_size)  # (B, T, nh*hs)
         return self.resid_dropout(self.c_proj(y))  # (B, T, C)
 
 
@@ -444,7 +452,7 @@ class GPT(nn.Module):
             idx, kv_cache=kv_cache, attention_mask=attention_mask, position_ids=position_ids,
             sparse_grad=self._sparse_embedding_grad(),
         )  # (B, T, C)
-        if last_only:
+        if last_only and x.shape[1] > 1:  # (a decoding step's one position is the last already)
             x = x[:, [-1], :]  # (B, 1, C); a list index keeps the time dim
         logits = self.head(x)  # (B, T, V)
         if targets is None:

@@ -59,9 +59,26 @@ class KVCache:
                 f"KV cache overflow: {end} positions exceed its size {self.max_seq_len}; "
                 "make a larger cache (make_kv_cache(max_seq_len=...)) or crop it"
             )
-        self.k[layer, :, :, self.pos : end] = k
-        self.v[layer, :, :, self.pos : end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        k_all, v_all = self._layer(layer)  # (B, nh, S, hs) each
+        k_all.narrow(2, self.pos, T).copy_(k)
+        v_all.narrow(2, self.pos, T).copy_(v)
+        return k_all.narrow(2, 0, end), v_all.narrow(2, 0, end)
+
+    def _layer(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Views (B, nh, S, hs) of one layer's keys and values, made once per buffer.
+
+        Why: a decoding step writes every layer; with the views kept, a write is one narrow
+        and one copy instead of re-indexing the 5-D buffers (~5 small ops, ~2 us each). They
+        are re-made whenever ``k`` or ``v`` is another tensor (a caller may set them, as the
+        server's scheduler does for a view of its shared cache).
+        """
+        views = getattr(self, "_views", None)  # absent on a cache made with __new__
+        if views is None or views[0] is not self.k or views[1] is not self.v:
+            # select, not unbind: unbind's views may not be written in place under grad mode
+            n = self.k.shape[0]
+            views = self._views = (self.k, self.v, [self.k.select(0, i) for i in range(n)],
+                                   [self.v.select(0, i) for i in range(n)])
+        return views[2][layer], views[3][layer]
 
     def advance(self, T: int) -> None:
         """Mark T more positions as filled (called once per forward, after every layer)."""
