@@ -185,6 +185,8 @@ def task_bench(args: argparse.Namespace) -> None:
             result, samples = evaluate_task(model, task, batch_size=args.batch_size, limit=args.limit, progress=True)
             ref = None
             try:  # the reference needs an HF-exportable model
+                if args.ref_items <= 0:
+                    raise ValueError("--ref-items 0")
                 export_hf(path, Path(tmp) / f"hf{i}")
                 hf = transformers.GPT2LMHeadModel.from_pretrained(Path(tmp) / f"hf{i}", dtype=dtype).eval()
                 items = task.items[: args.ref_items]

@@ -7,13 +7,14 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import pytest
 import torch
 from tests.train.test_train_resume import _cfg, _eval_losses, _train_losses
 
 from gptforge.model.config import GPTConfig
 from gptforge.model.gpt import GPT
 from gptforge.train.config import TrainConfig
-from gptforge.train.muon import Muon, newton_schulz
+from gptforge.train.muon import Muon, default_ns_dtype, newton_schulz
 from gptforge.train.optim import MuonWithAdamW, build_optimizer, muon_param_groups, set_lr
 
 MODERN = dict(positions="rope", normalization="rmsnorm", qk_norm=True, activation="relu2", tie_weights=False)
@@ -113,7 +114,8 @@ def test_combined_optimizer_equals_muon_and_adamw_run_separately() -> None:
     opt = build_optimizer(ours, cfg, torch.device("cpu"))
     assert isinstance(opt, MuonWithAdamW)
     muon_groups, adamw_groups = muon_param_groups(ref, cfg)
-    ref_muon = Muon(muon_groups, lr=0.04, momentum=0.95, nesterov=True)
+    ref_muon = Muon(muon_groups, lr=0.04, momentum=0.95, nesterov=True,
+                    ns_dtype=default_ns_dtype(torch.device("cpu")))  # the precision the run picks here
     ref_adamw = torch.optim.AdamW(adamw_groups, lr=3e-3, betas=(0.9, 0.99))
     for step in range(5):
         lr = 3e-3 * (step + 1) / 5
@@ -166,3 +168,16 @@ def test_muon_run_resumes_bitwise(char_data: Path, tmp_path: Path) -> None:
     assert sorted(a) == list(range(1, 13)) and a == b
     ea, eb = _eval_losses(tmp_path / "straight"), _eval_losses(tmp_path / "split")
     assert all(ea[s] == eb[s] for s in ea)
+
+
+def test_default_ns_dtype_follows_the_cpus_bf16_instructions(monkeypatch: pytest.MonkeyPatch) -> None:
+    """bf16 iterations where the CPU has AMX or AVX-512 BF16 (or on CUDA), fp32 elsewhere, and
+    the choice travels in the optimizer's param groups (so a resume keeps it)."""
+    for amx, avx in ((False, False), (True, False), (False, True)):
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda avx=avx: avx, raising=False)
+        want = "bf16" if amx or avx else "fp32"
+        assert default_ns_dtype(torch.device("cpu")) == want
+        opt = build_optimizer(_model(), TrainConfig(optimizer="muon"), torch.device("cpu"))
+        assert {g["ns_dtype"] for g in opt.param_groups if "ns_dtype" in g} == {want}
+    assert default_ns_dtype(torch.device("cuda")) == "bf16"

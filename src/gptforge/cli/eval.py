@@ -36,7 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--block-size", type=int, default=None, help="window length (default: the model's context)")
     parser.add_argument("--stride", type=int, default=None, help="window step (default block_size // 2)")
     parser.add_argument(
-        "--batch-size", type=int, default=8, help="windows (with --task: items) per forward pass (default 8)"
+        "--batch-size", type=int, default=None,
+        help="windows per forward pass (default 8); with --task, items per batch (default 32)",
     )
     parser.add_argument("--max-tokens", type=int, default=None, help="evaluate only the first N tokens")
     parser.add_argument("--device", default="auto", help=f"{DEVICE_HELP} (default auto)")
@@ -120,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
         tokens,
         block_size=args.block_size,
         stride=args.stride,
-        batch_size=args.batch_size,
+        batch_size=args.batch_size or 8,
         byte_lengths=token_byte_lengths(tok) if tok is not None else None,
         progress=True,
     )
@@ -143,10 +144,11 @@ def _run_task(args: argparse.Namespace, model: object, device: str) -> int:
     import json
 
     from gptforge.evaluate.task_files import load_task
-    from gptforge.evaluate.tasks import evaluate_task
+    from gptforge.evaluate.tasks import TASK_BATCH_SIZE, evaluate_task
     from gptforge.io import atomic_write_bytes
 
     task = load_task(args.task)
+    args.batch_size = args.batch_size or TASK_BATCH_SIZE
     result, samples = evaluate_task(
         model, task, batch_size=args.batch_size, limit=args.limit, norm=args.norm, progress=True
     )

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from gptforge.errors import ConfigError, DataError, ModelError, TokenizerError
-from gptforge.evaluate.continuations import Scored, score_all
+from gptforge.evaluate.continuations import TASK_BATCH_SIZE, Scored, score_all
 from gptforge.evaluate.task_files import ChoiceItem, Task
 
 logger = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ def evaluate_task(
     model: torch.nn.Module,
     task: Task,
     tokenizer: Any = None,
-    batch_size: int = 8,
+    batch_size: int = TASK_BATCH_SIZE,
     limit: int | None = None,
     norm: str = "token",
     progress: bool = False,

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from gptforge.train.config import TrainConfig
-from gptforge.train.muon import Muon
+from gptforge.train.muon import Muon, default_ns_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -171,9 +171,8 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devi
     adamw = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), **kwargs)
     if cfg.optimizer == "muon":
         muon_groups, adamw_groups = muon_param_groups(model, cfg)
-        # bf16 Newton-Schulz where matmuls have bf16 units (CUDA), fp32 elsewhere (see train/muon.py)
-        muon = dict(lr=cfg.muon_lr, momentum=cfg.muon_momentum, nesterov=True,
-                    ns_dtype="bf16" if device.type == "cuda" else "fp32")
+        # bf16 Newton-Schulz where matmuls have bf16 units (CUDA, AMX), fp32 elsewhere (see train/muon.py)
+        muon = dict(lr=cfg.muon_lr, momentum=cfg.muon_momentum, nesterov=True, ns_dtype=default_ns_dtype(device))
         return MuonWithAdamW(muon_groups, adamw_groups, muon=muon, adamw=adamw)
     return torch.optim.AdamW(param_groups(model, cfg.weight_decay), **adamw)
 
