@@ -86,7 +86,7 @@ def _capture(out_file: Path) -> None:  # pragma: no cover - ran once, with the o
     from gptforge.finetune.instruct import InstructOptions, run_instruct
 
     torch.set_num_threads(1)
-    ref = {"torch": torch.__version__}
+    ref = {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         base = make_base(tmp / "base")

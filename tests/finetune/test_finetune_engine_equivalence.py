@@ -8,6 +8,12 @@ clip, dropout stream and batch order), so every logged loss, val loss and final 
 must be bitwise equal (compared as float reprs). The old loop stepped torch's unfused
 AdamW, so the engine is run with ``train.fused false`` here (its CPU default is the fused
 kernel, which rounds differently in the last bit from about step 9).
+
+Bitwise holds on the kind of CPU the reference was made on (an AMD EPYC, whose torch kernels
+take the AVX2 path: ``cpu_capability`` in the file). On a CPU whose kernels take another path
+(an Intel Xeon with AVX-512) the same operations round differently in the last bit from about
+step 9 (seen: 4.412471771240234 against 4.412472248077393), so there the figures are compared
+to a relative 1e-5 instead.
 """
 
 from __future__ import annotations
@@ -54,9 +60,15 @@ def test_engine_equals_old_loop(name: str, setup: dict[str, Path], tmp_path: Pat
         torch.set_num_threads(threads)
     got, ref = summarize(out), REFERENCE[name]
     assert got["steps"] == ref["steps"]
-    assert got["train_loss"] == ref["train_loss"]
-    assert got["val_loss"] == ref["val_loss"]
-    assert got["results"] == ref["results"]
+    if torch.backends.cpu.get_cpu_capability() == REFERENCE["cpu_capability"]:
+        assert got["train_loss"] == ref["train_loss"]
+        assert got["val_loss"] == ref["val_loss"]
+        assert got["results"] == ref["results"]
+    else:
+        for key in ("train_loss", "val_loss"):
+            assert [float(x) for x in got[key]] == pytest.approx([float(x) for x in ref[key]], rel=1e-5), key
+        assert {k: float(v) for k, v in got["results"].items()} == pytest.approx(
+            {k: float(v) for k, v in ref["results"].items()}, rel=1e-5)
 
 
 def test_bf16_autocast_finetune_on_cpu(setup: dict[str, Path], tmp_path: Path) -> None:

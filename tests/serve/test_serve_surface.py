@@ -226,8 +226,12 @@ def test_429_comes_before_any_byte_and_hangups_free_rows(tiny_model_dir) -> None
 
 
 def test_tokenizing_a_huge_prompt_does_not_block_other_clients(tmp_path) -> None:
-    """The pure-Python BPE tokenizer needs seconds for a 900 KB prompt; it runs in a worker
-    thread, so /health keeps answering meanwhile (on the event loop it would wait for it)."""
+    """The pure-Python BPE tokenizer needs seconds for a prompt of a few MB; it runs in a worker
+    thread, so /health keeps answering meanwhile (on the event loop it would wait for it).
+
+    The prompt is sized from this CPU's measured encoding rate so that encoding takes about
+    4 s: a fixed 900 KB took 2.5 s on one CPU and 1.9 s on another, too close to the test's
+    "it did take a while" bar."""
     import threading
 
     import torch
@@ -239,8 +243,12 @@ def test_tokenizing_a_huge_prompt_does_not_block_other_clients(tmp_path) -> None
     tok = BPETokenizer.train("the quick brown fox jumps over the lazy dog " * 40, 300)
     torch.manual_seed(0)
     save_model(GPT(GPTConfig.from_preset("test-tiny", vocab_size=tok.vocab_size, block_size=64)), tmp_path / "m", tok)
-    text = ("the quick brown fox jumps over the lazy dog " * 25000)[:900_000]
-    with start_server(tmp_path / "m") as s:
+    sample = "the quick brown fox jumps over the lazy dog " * 2500
+    t0 = time.perf_counter()
+    tok.encode(sample)
+    chars = int(4.0 * len(sample) / (time.perf_counter() - t0))
+    text = (sample * (chars // len(sample) + 1))[:chars]
+    with start_server(tmp_path / "m", max_body_bytes=chars + 10_000) as s:
         result: dict = {}
 
         def big() -> None:
