@@ -30,6 +30,7 @@ from gptforge.io import (
 )
 from gptforge.model.config import GPTConfig
 from gptforge.model.gpt import GPT
+from gptforge.model.hub_cache import find_cached_gpt2, is_gpt2_name
 from gptforge.model.variants import (
     LEGACY_ORDER,
     apply_variants,
@@ -127,8 +128,12 @@ def save_model(
 
 
 def resolve_model_dir(path: str | Path) -> Path:
-    """Find the model dir behind ``path``: itself, a run's ``final/``, or its latest checkpoint."""
+    """Find the model dir behind ``path``: itself, a run's ``final/``, or its latest checkpoint;
+    a GPT-2 name (``gpt2``, ``gpt2-medium``, ...) that is not a folder here is looked up in the
+    Hugging Face cache."""
     p = Path(path)
+    if not p.exists() and is_gpt2_name(str(path)):
+        return find_cached_gpt2(str(path))  # nanoGPT's init_from='gpt2', from the Hugging Face cache
     if not p.exists():
         raise ModelError(f"model path {p} does not exist; pass a model dir, a run dir or a GPT-2 folder")
     if (p / "config.json").is_file():
