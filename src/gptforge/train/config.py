@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from gptforge.config import apply, cfg_field, nonfinite_fields, to_dict
-from gptforge.errors import ConfigError
+from gptforge.errors import ConfigError, DataError
 from gptforge.model.config import PRESETS, GPTConfig
 
 
@@ -296,3 +296,16 @@ def effective_grad_accum(train: TrainConfig, block_size: int, world_size: int = 
             f"processes = {train.batch_size} x {block_size} x {world_size} = {per}; use e.g. {nearest}"
         )
     return train.tokens_per_batch // per
+
+
+def fit_model_to_data(cfg: RunConfig, dataset: Any) -> RunConfig:
+    """Take the vocabulary size from the dataset; refuse a vocabulary or context that cannot fit."""
+    vocab = dataset.vocab_size
+    if cfg.model.vocab_size is None:
+        cfg = apply(cfg, {"model.vocab_size": vocab}, source="dataset")
+    elif cfg.model.vocab_size < vocab:
+        raise DataError(
+            f"model.vocab_size {cfg.model.vocab_size} is smaller than the dataset's vocabulary "
+            f"({vocab}, {dataset.path}); leave model.vocab_size unset to take it from the data"
+        )
+    return cfg

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from gptforge.errors import ConfigError
+from gptforge.errors import ConfigError, GptforgeError
 
 logger = logging.getLogger(__name__)
 
@@ -138,3 +138,18 @@ def enable_tf32(device: torch.device, train_cfg: Any) -> bool:
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     return True
+
+
+def mfu_inputs(model_cfg: Any, device: torch.device, precision: str) -> tuple[float, float | None]:
+    """The model's FLOPs per token and the device's peak FLOP/s (None where unknown), for MFU."""
+    from gptforge.model.accounting import flops_per_token, peak_flops
+
+    fpt = flops_per_token(model_cfg)
+    peak = None
+    if device.type == "cuda":
+        try:
+            peak = peak_flops(torch.cuda.get_device_name(device),
+                              "fp32" if precision == "fp32" else "bf16")
+        except GptforgeError:
+            peak = None
+    return fpt, peak

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from gptforge.io import json_line
-from gptforge.train.loop import TrainHooks
+from gptforge.train.hooks import TrainHooks
 
 logger = logging.getLogger(__name__)
 

@@ -13,6 +13,11 @@ One optimizer step (nanoGPT's loop, with the robustness around it)::
     every eval_interval:    mean loss over eval_iters batches of train and val
     every ckpt_interval:    a checkpoint (and on Ctrl-C / SIGTERM, and at the end)
 
+Here: :class:`Trainer` (start-up, the loop, evaluation, saving) and :func:`train`. Beside it,
+each readable alone: ``step.py`` (one optimizer step), ``state.py`` (the counters and RNG as
+checkpoint parts), ``resume.py`` (continuing from a checkpoint), ``failures.py`` (NaN and OOM
+rules) and ``hooks.py`` (callbacks, result, Ctrl-C); their public names import from here too.
+
 Extension points for what other parts add (distributed wrappers, diagnostics):
 :class:`TrainHooks` callbacks, :meth:`Trainer.wrap_model` and
 :meth:`Trainer.micro_step_context` (DDP's ``no_sync`` goes there).
@@ -24,26 +29,34 @@ import contextlib
 import json
 import logging
 import math
-import random
 import signal
-import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from gptforge.errors import ConfigError, DataError, GptforgeError
+from gptforge.errors import ConfigError
 from gptforge.io import atomic_dir
 from gptforge.model.loading import unwrap_model
 from gptforge.train import checkpoint as ckpt
 from gptforge.train import distributed as dist
 from gptforge.train import sinks as _sinks  # noqa: F401  (registers the TensorBoard and W&B sinks)
-from gptforge.train.config import RunConfig, effective_grad_accum, model_changes, run_config_to_dict
-from gptforge.train.device import enable_tf32, make_grad_scaler, maybe_compile, plan_device
+from gptforge.train.config import (
+    RunConfig,
+    effective_grad_accum,
+    fit_model_to_data,
+    run_config_to_dict,
+)
+from gptforge.train.device import (
+    enable_tf32,
+    make_grad_scaler,
+    maybe_compile,
+    mfu_inputs,
+    plan_device,
+)
+from gptforge.train.failures import TrainingError, on_bad_loss, oom_message
+from gptforge.train.hooks import EXIT_CODES, TrainHooks, TrainResult, _StopFlag
 from gptforge.train.metrics import (
     METRICS_FILE,
     MetricsLogger,
@@ -52,168 +65,18 @@ from gptforge.train.metrics import (
     truncate_metrics,
 )
 from gptforge.train.optim import build_optimizer, set_lr
+from gptforge.train.resume import config_changes, find_checkpoint, restore_parts
 from gptforge.train.rundir import (
-    check_new_run,
     discard_replaced,
     restore_replaced,
     start_new_run,
     write_run_config,
 )
 from gptforge.train.schedule import lr_at
+from gptforge.train.state import _RNG, TrainState, seed_everything, training_summary
+from gptforge.train.step import LossForward, _call_with_batch, optimizer_step
 
 logger = logging.getLogger(__name__)
-
-EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
-MAX_SKIPPED_IN_A_ROW = 10
-
-
-class TrainingError(GptforgeError):
-    """Training cannot go on (non-finite loss, out of memory): the message says what to change."""
-
-
-class TrainHooks:
-    """Callbacks into the loop; override what you need (every method is a no-op here)."""
-
-    def on_start(self, trainer: Trainer) -> None: ...
-
-    def after_backward(self, trainer: Trainer) -> None:
-        """Gradients of the step are in ``.grad`` (unclipped; unscaled unless fp16)."""
-
-    def on_step_end(self, trainer: Trainer, record: dict[str, Any] | None) -> None:
-        """After each optimizer step; ``record`` is the metrics line when one was logged."""
-
-    def on_eval(self, trainer: Trainer, record: dict[str, Any]) -> None: ...
-
-    def on_end(self, trainer: Trainer, result: TrainResult) -> None: ...
-
-
-@dataclass
-class TrainResult:
-    run_dir: Path
-    step: int
-    tokens: int
-    stopped: str  # "done", "time_budget", "SIGINT" or "SIGTERM"
-    exit_code: int  # 0, or 130/143 when stopped by a signal
-    last_eval: dict[str, float] | None
-    best_val_loss: float | None
-    checkpoint: Path | None
-    final_dir: Path | None
-    train_time_s: float
-    tokens_per_s: float
-
-
-class _StopFlag:
-    """Turns the first SIGINT/SIGTERM into a flag the loop checks between steps.
-
-    A second Ctrl-C raises KeyboardInterrupt at once; checkpoints are atomic, so
-    even that never leaves a half-written one behind.
-    """
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> _StopFlag:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.signum = signum
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        logger.warning("\n%s received: saving a checkpoint and stopping (Ctrl-C again to abort)",
-                       signal.Signals(signum).name)
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-
-def optimizer_step(
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    next_batch: Callable[[], tuple[torch.Tensor, torch.Tensor]],
-    grad_accum: int = 1,
-    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-    scaler: torch.amp.GradScaler | None = None,
-    grad_clip: float = 0.0,
-    micro_step_context: Callable[[int], contextlib.AbstractContextManager] | None = None,
-    after_backward: Callable[[], None] | None = None,
-    reduce_loss: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    loss_fn: Callable[[torch.nn.Module, Any], torch.Tensor] | None = None,
-) -> tuple[float, float | None]:
-    """One optimizer step over ``grad_accum`` micro-batches; returns (mean loss, grad norm or None).
-
-    ``model(x, y)`` must return ``(logits, loss)``, or ``loss_fn(model, batch)`` gives the
-    loss of a batch (a fine-tuning task's). A non-finite loss leaves the
-    weights untouched (gradients dropped, no optimizer step) and is returned for
-    the caller to stop or skip. The benchmarks time other models through this
-    same function.
-    """
-    loss_sum = None
-    for micro in range(grad_accum):
-        batch = next_batch()
-        with micro_step_context(micro) if micro_step_context else contextlib.nullcontext():
-            with autocast():
-                loss = loss_fn(model, batch) if loss_fn is not None else model(*batch)[1]
-            loss = loss / grad_accum  # the mean over the accumulated batch
-            loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
-            (scaler.scale(loss) if scaler is not None else loss).backward()
-    loss_value = float((reduce_loss(loss_sum) if reduce_loss else loss_sum).item())  # DDP: mean over ranks
-    if not math.isfinite(loss_value):
-        optimizer.zero_grad(set_to_none=True)
-        return loss_value, None
-    if after_backward is not None:
-        after_backward()
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    norm = None
-    if grad_clip > 0:
-        if scaler is not None:
-            scaler.unscale_(optimizer)
-        norm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip))
-    if scaler is not None:
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return loss_value, norm
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-class TrainState:
-    """The loop's own counters: step, tokens seen, best val loss (and the step it was at), last eval.
-
-    One of the checkpoint's parts (with the loader, optimizer, scaler, RNG and config), each
-    with ``state_dict()`` / ``load_state_dict()`` (torchtitan's ``Stateful`` pattern).
-    """
-
-    def __init__(self) -> None:
-        self.step, self.tokens = 0, 0
-        self.best_val_loss: float | None = None
-        self.best_step: int | None = None
-        self.last_eval: dict[str, float] | None = None
-        self.last_eval_step: int | None = None
-
-    def state_dict(self) -> dict[str, Any]:
-        at_eval = self.last_eval_step == self.step and self.last_eval is not None
-        return {"step": self.step, "tokens": self.tokens, "best_val_loss": self.best_val_loss,
-                "best_step": self.best_step,
-                "train_loss": self.last_eval.get("train") if at_eval else None,
-                "val_loss": self.last_eval.get("val") if at_eval else None}  # fmt: skip
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.step, self.tokens = int(state["step"]), int(state["tokens"])
-        self.best_val_loss, self.best_step = state.get("best_val_loss"), state.get("best_step")
-        if state.get("val_loss") is not None:
-            self.last_eval = {"train": state.get("train_loss"), "val": state["val_loss"]}
-            self.last_eval_step = self.step
 
 
 class Trainer:
@@ -237,7 +100,8 @@ class Trainer:
         self.tokenizer = self.task.tokenizer
         self.cfg = self._resolve_config(cfg)
         self.hooks.extend(self._diagnostics_hooks())
-        checkpoint = self._find_checkpoint(resume, resume_from, overwrite)
+        checkpoint = find_checkpoint(self.run_dir, self.cfg, self.task, resume=resume,
+                                     resume_from=resume_from, overwrite=overwrite)  # fmt: skip
         self._build_model()
         self._build_optimizer()
         self.loader = self.task.loader(self.rank, self.world_size, self.device)
@@ -272,7 +136,7 @@ class Trainer:
         """The vocabulary from the data (pretraining); micro-batches per step; tokens per step."""
         dataset = getattr(self.task, "dataset", None)
         if dataset is not None:
-            cfg = self._fit_model_to_data(cfg, dataset)
+            cfg = fit_model_to_data(cfg, dataset)
             self.task.cfg = cfg
         self.grad_accum = effective_grad_accum(cfg.train, cfg.model.block_size, self.world_size)
         # fixed for pretraining; fine-tuning batches vary, so they are counted instead (None)
@@ -284,24 +148,6 @@ class Trainer:
         from gptforge.train.diagnostics import diagnostics_hooks
 
         return diagnostics_hooks(self.cfg.log, self.run_dir, self.is_main)
-
-    def _find_checkpoint(self, resume: bool, resume_from: str | Path | None,
-                         overwrite: bool) -> tuple[Path, dict[str, Any]] | None:  # fmt: skip
-        """The checkpoint to continue from (checked against this run), or None for a new run."""
-        if resume_from is not None:
-            path = Path(resume_from)
-            found = (path, ckpt.verify_checkpoint(path))
-        elif resume:
-            found = ckpt.find_resume_checkpoint(self.run_dir)
-        else:
-            def refuse_existing() -> None:  # refused now, before any work; rank 0 decides for all
-                # an existing run, or a folder --overwrite may not replace
-                check_new_run(self.run_dir, overwrite, protect=(self.cfg.data.dir,))
-
-            dist.decided_on_main(refuse_existing)
-            return None
-        self._check_resumable(*found)
-        return found
 
     def _build_model(self) -> None:
         seed_everything(self.cfg.train.seed)  # the same initial weights on every rank
@@ -344,7 +190,7 @@ class Trainer:
         self._eval_model = self.model if own_loss else None
         self.train_model = self.wrap_model(inner)
         self.autocast = self.plan.autocast
-        self.flops_per_token, self.peak_flops = self._mfu_inputs()
+        self.flops_per_token, self.peak_flops = mfu_inputs(self.cfg.model, self.device, self.plan.precision)
 
     # the counters live in self.state; these names read as before
     step = property(lambda self: self.state.step, lambda self, v: setattr(self.state, "step", v))
@@ -353,94 +199,24 @@ class Trainer:
     last_eval = property(lambda self: self.state.last_eval)
     last_eval_step = property(lambda self: self.state.last_eval_step)
 
-    # ------------------------------------------------------------------ set-up helpers
-    def _fit_model_to_data(self, cfg: RunConfig, dataset: Any) -> RunConfig:
-        """Take the vocabulary size from the dataset; refuse a vocabulary or context that cannot fit."""
-        from gptforge.config import apply
-
-        vocab = dataset.vocab_size
-        if cfg.model.vocab_size is None:
-            cfg = apply(cfg, {"model.vocab_size": vocab}, source="dataset")
-        elif cfg.model.vocab_size < vocab:
-            raise DataError(
-                f"model.vocab_size {cfg.model.vocab_size} is smaller than the dataset's vocabulary "
-                f"({vocab}, {dataset.path}); leave model.vocab_size unset to take it from the data"
-            )
-        return cfg
-
-    def _check_resumable(self, path: Path, state: dict[str, Any]) -> None:
-        from gptforge.config import from_dict
-        from gptforge.io import read_json
-        from gptforge.model.config import GPTConfig
-
-        saved = from_dict(GPTConfig, read_json(path / "config.json")["model"], source=str(path))
-        changes = model_changes(saved, self.cfg.model)
-        if changes:
-            raise GptforgeError(
-                f"cannot resume {self.run_dir}: the model shape would change ({'; '.join(changes)}); "
-                "drop those flags, or start a new run with --out"
-            )
-        self.task.check_resume(state)
-
+    # ------------------------------------------------------------------ resume and wrapping
     def checkpoint_parts(self) -> dict[str, Any]:
         """What a checkpoint holds besides the weights, by owner; each has state_dict/load_state_dict."""
         return {"train_state": self.state, "data": self.loader, "optimizer": self.optimizer,
                 "scaler": self.scaler, "rng": _RNG}  # fmt: skip
 
     def _restore(self, path: Path, state: dict[str, Any]) -> None:
-        ckpt.load_checkpoint_weights(path, self.model)
-        ckpt.load_optimizer_state(path, self.optimizer)
-        if self.scaler is not None and state.get("grad_scaler"):
-            self.scaler.load_state_dict(state["grad_scaler"])
-        own = dist.state_for_rank(state, self.rank, self.world_size)  # each rank's data position and RNG
-        self.loader.load_state_dict(own["data"])
-        ckpt.set_rng_state(own["rng"])
-        self.state.load_state_dict(state)
+        restore_parts(path, state, model=self.model, optimizer=self.optimizer, scaler=self.scaler,
+                      loader=self.loader, train_state=self.state, rank=self.rank,
+                      world_size=self.world_size)  # fmt: skip
         self.last_ckpt, self.last_ckpt_step = path, self.step
-        self._note_config_changes(state)
+        self.config_changes = config_changes(state, self.cfg)  # logged to metrics.jsonl by _run
         if self.is_main:
             dropped = truncate_metrics(self.run_dir / METRICS_FILE, self.step)
             if dropped:
                 logger.info("dropped %d metrics lines after step %d (they are re-run)", dropped, self.step)
         logger.info("resuming %s from %s (step %d, %s tokens)", self.run_dir, path.name, self.step,
                     f"{self.tokens:,}")
-
-    def _note_config_changes(self, state: dict[str, Any]) -> None:
-        """Warn when a resume changes more than the step budget (the saved config travels in
-        each checkpoint); the change is recorded in metrics.jsonl at this step."""
-
-        saved = state.get("run_config")
-        self.config_changes: dict[str, Any] = {}
-        if not isinstance(saved, dict):
-            return
-        now = json.loads(json.dumps(run_config_to_dict(self.cfg), default=str))
-        budget = {"train.max_steps", "train.time_budget_s"}
-        for section in sorted(set(saved) | set(now)):
-            a, b = saved.get(section), now.get(section)
-            if isinstance(a, dict) and isinstance(b, dict):
-                for key in sorted(set(a) | set(b)):
-                    if a.get(key) != b.get(key):
-                        self.config_changes[f"{section}.{key}"] = [a.get(key), b.get(key)]
-            elif a != b:
-                self.config_changes[section] = [a, b]
-        others = sorted(k for k in self.config_changes if k not in budget)
-        if others:
-            logger.warning("resuming with a changed config: %s (was -> now: %s)", ", ".join(others),
-                           "; ".join(f"{k} {self.config_changes[k][0]} -> {self.config_changes[k][1]}"
-                                     for k in others))  # fmt: skip
-
-    def _mfu_inputs(self) -> tuple[float, float | None]:
-        from gptforge.model.accounting import flops_per_token, peak_flops
-
-        fpt = flops_per_token(self.cfg.model)
-        peak = None
-        if self.device.type == "cuda":
-            try:
-                peak = peak_flops(torch.cuda.get_device_name(self.device),
-                                  "fp32" if self.plan.precision == "fp32" else "bf16")
-            except GptforgeError:
-                peak = None
-        return fpt, peak
 
     def wrap_model(self, model: torch.nn.Module) -> torch.nn.Module:
         """Hook for DDP/FSDP wrapping (the model to run forward/backward through)."""
@@ -531,31 +307,18 @@ class Trainer:
         return final
 
     def _extra_config(self) -> dict[str, Any]:
-        at_eval = self.last_eval_step == self.step and self.last_eval is not None
-        return {**self.task.extra_config(),
-                "training": {"step": self.step, "tokens": self.tokens,
-                             "val_loss": self.last_eval.get("val") if at_eval else None,
-                             "best_val_loss": self.best_val_loss, "best_step": self.state.best_step,
-                             "preset": self.cfg.preset, "data": str(self.cfg.data.dir)}}  # fmt: skip
+        return {**self.task.extra_config(), "training": training_summary(self.state, self.cfg)}
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> TrainResult:
         try:
             return self._run()
         except torch.OutOfMemoryError:
-            raise TrainingError(self._oom_message()) from None
+            raise TrainingError(oom_message(self.cfg, self.device)) from None
         except RuntimeError as e:
             if "can't allocate memory" in str(e) or "not enough memory" in str(e):
-                raise TrainingError(self._oom_message()) from None
+                raise TrainingError(oom_message(self.cfg, self.device)) from None
             raise
-
-    def _oom_message(self) -> str:
-        t, m = self.cfg.train, self.cfg.model
-        return (
-            f"out of memory on {self.device} with train.batch_size {t.batch_size} x model.block_size "
-            f"{m.block_size}; lower --train.batch_size (raise --train.grad_accum to keep the batch), "
-            "lower --model.block_size, or use --train.precision bf16"
-        )
 
     def _run(self) -> TrainResult:
         t, log_cfg = self.cfg.train, self.cfg.log
@@ -619,7 +382,7 @@ class Trainer:
     def _check_loss(self, loss: float) -> None:
         if not math.isfinite(loss):
             self._skipped_in_a_row += 1
-            self._on_bad_loss(loss, self._skipped_in_a_row)
+            on_bad_loss(loss, self._skipped_in_a_row, self.step, self.cfg.train, self.last_ckpt)
         else:
             self._skipped_in_a_row = 0
 
@@ -695,50 +458,6 @@ class Trainer:
         self._progress.write(f"step {self.step}: {shown}")
         for hook in self.hooks:
             hook.on_eval(self, record)
-
-    def _on_bad_loss(self, loss: float, in_a_row: int) -> None:
-        last = f"the last good checkpoint is {self.last_ckpt}" if self.last_ckpt else "no checkpoint was saved yet"
-        if self.cfg.train.on_nan == "stop":
-            raise TrainingError(
-                f"loss became {loss} at step {self.step}; the run stopped and {last}. "
-                f"Lower --train.lr (now {self.cfg.train.lr:g}), keep --train.grad_clip on, use bf16 "
-                "rather than fp16, then --resume; or pass --train.on_nan skip to skip such steps"
-            )
-        logger.warning("loss became %s at step %d; step skipped (weights unchanged)", loss, self.step)
-        if in_a_row >= MAX_SKIPPED_IN_A_ROW:
-            raise TrainingError(
-                f"loss was non-finite for {in_a_row} steps in a row (up to step {self.step}); {last}. "
-                f"Lower --train.lr (now {self.cfg.train.lr:g}) and --resume"
-            )
-
-
-class LossForward(torch.nn.Module):
-    """A task's loss as one module's forward: ``forward(batch) = loss(model, batch)``."""
-
-    def __init__(self, model: torch.nn.Module, loss: Callable[[torch.nn.Module, Any], torch.Tensor]) -> None:
-        super().__init__()
-        self.model = model
-        self._loss = loss
-
-    def forward(self, batch: Any) -> torch.Tensor:
-        return self._loss(self.model, batch)
-
-
-def _call_with_batch(module: torch.nn.Module, batch: Any) -> torch.Tensor:
-    return module(batch)
-
-
-class _RngState:
-    """Every RNG stream, as a checkpoint part."""
-
-    def state_dict(self) -> dict[str, Any]:
-        return ckpt.get_rng_state()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        ckpt.set_rng_state(state)
-
-
-_RNG = _RngState()
 
 
 def _pretrain_task_type() -> type:
