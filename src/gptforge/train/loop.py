@@ -40,6 +40,7 @@ from gptforge.errors import ConfigError
 from gptforge.io import atomic_dir
 from gptforge.model.loading import unwrap_model
 from gptforge.train import checkpoint as ckpt
+from gptforge.train.allocator import keep_freed_memory
 from gptforge.train import distributed as dist
 from gptforge.train import sinks as _sinks  # noqa: F401  (registers the TensorBoard and W&B sinks)
 from gptforge.train.config import (
@@ -126,6 +127,8 @@ class Trainer:
         self.distributed = dist.resolve_mode(cfg.train.distributed, self.world_size)
         self.owns_process_group = dist.init(self.device)  # False under train()'s process_group()
         enable_tf32(self.device, cfg.train)
+        if self.device.type == "cpu":
+            keep_freed_memory()  # each step's buffers are reused, not faulted in afresh
 
     def _pretrain_task(self, cfg: RunConfig) -> Any:
         from gptforge.train.tasks import PretrainTask
