@@ -20,3 +20,16 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def use_shared_data() -> None:
+    """Point ``GPTFORGE_DATA_DIR`` at ``../shared/data`` beside the checkout unless it is set.
+
+    The benches that build a GPT-2-tokenizer model need the BPE files from there; without
+    this, ``python bench/serve.py`` on a fresh machine stopped with a missing-file error.
+    """
+    import os
+
+    shared = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+    if "GPTFORGE_DATA_DIR" not in os.environ and shared.is_dir():
+        os.environ["GPTFORGE_DATA_DIR"] = str(shared)

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from _machine import cpu_model  # noqa: E402  (bench/_machine.py, beside this script)
+from _machine import cpu_model, use_shared_data  # noqa: E402  (bench/_machine.py, beside this script)
 
 SIZES = {  # n_layer, n_head, n_embd
     "tiny": (2, 4, 128),
@@ -66,6 +66,7 @@ def hf_eval(hf: torch.nn.Module, tokens: np.ndarray, block: int, stride: int, ba
 
 
 def main() -> None:
+    use_shared_data()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", choices=list(SIZES), default="gpt2")
     ap.add_argument("--device", default="cpu")

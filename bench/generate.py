@@ -47,7 +47,7 @@ import sys
 import time
 
 # bench/_machine.py, beside this script: imported before bench/ leaves sys.path below.
-from _machine import cpu_model
+from _machine import cpu_model, use_shared_data
 
 # Running a script puts its folder first on sys.path, where bench/tokenizers.py would shadow
 # the `tokenizers` package that transformers imports.
@@ -300,6 +300,7 @@ def bound_table(args: argparse.Namespace, with_hf: bool) -> None:
 
 
 def main() -> None:
+    use_shared_data()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")

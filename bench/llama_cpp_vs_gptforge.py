@@ -24,12 +24,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _machine import cpu_model  # noqa: E402  (bench/_machine.py, beside this script)
+from _machine import cpu_model, use_shared_data  # noqa: E402  (bench/_machine.py, beside this script)
 
 PROMPTS = ["Hello, I'm a language model,", "The capital of France is", "def fibonacci(n):\n    "]
 
 
 def main() -> None:
+    use_shared_data()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="model dir (default: a random gpt2-shaped model)")
     ap.add_argument("--dtypes", default="f32,f16,q8_0,q4_0")

@@ -29,7 +29,7 @@ sys.path.insert(0, str(_HERE.parent / "src"))
 sys.path.append(str(_HERE))
 
 import torch  # noqa: E402
-from _machine import cpu_model  # noqa: E402
+from _machine import cpu_model, use_shared_data  # noqa: E402
 
 from gptforge.config import apply  # noqa: E402
 from gptforge.model.gpt import GPT  # noqa: E402
@@ -53,6 +53,7 @@ def timed(parts: dict[str, Callable[[], object]], rounds: int, calls: int) -> di
 
 
 def main() -> int:
+    use_shared_data()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="shakespeare-char-modern-cpu")
     p.add_argument("--batch", type=int, help="sequences per step (default: the preset's)")

@@ -30,7 +30,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _machine import cpu_model  # noqa: E402  (bench/_machine.py, beside this script)
+from _machine import cpu_model, use_shared_data  # noqa: E402  (bench/_machine.py, beside this script)
 from bench.serve_load import Server  # noqa: E402
 
 
@@ -188,6 +188,7 @@ async def run_level(url: str, clients: int, seconds: float, max_tokens: int, eot
 
 
 def main() -> int:
+    use_shared_data()
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", type=Path, default=None, help="a model dir (default: a random gpt2-shaped model)")
     ap.add_argument("--levels", type=int, nargs="+", default=[1, 4, 16, 64])
