@@ -260,9 +260,19 @@ def load_weights(model: torch.nn.Module, model_dir: Path) -> torch.nn.Module:
     names are filled from that one and aliased back to it after the load.
     """
     state = strip_wrapper_prefixes(load_safetensors(model_dir / "model.safetensors"))
+    return load_state_tied(model, state, model_dir / "model.safetensors")
+
+
+def load_state_tied(model: torch.nn.Module, state: dict[str, torch.Tensor], source: Path | str) -> torch.nn.Module:
+    """Fill a (meta-device) ``model`` from ``state`` strictly, keeping its weight tie.
+
+    ``assign=True`` gives every name its own tensor, so the names that were one tensor in
+    ``model`` (the LM head and the token embedding) are filled from whichever is present
+    and aliased back to one parameter after the load.
+    """
     groups = tied_groups(model)
     fill_tied(state, model)
-    load_state_strict(model, state, model_dir / "model.safetensors")
+    load_state_strict(model, state, source)
     retie(model, groups)
     return model
 

@@ -356,7 +356,7 @@ def full_state_views(
     if not is_main():
         return None, None
     from gptforge.model.gpt import GPT
-    from gptforge.model.loading import retie, tied_groups
+    from gptforge.model.loading import load_state_tied
     from gptforge.model.variants import apply_variants, finish_variants
 
     # The plain twin is rebuilt the way loading builds a model dir: the base, then each
@@ -364,9 +364,7 @@ def full_state_views(
     variants = list(getattr(model, "variants", None) or [])
     with torch.device("meta"):
         plain = apply_variants(GPT(model.config), variants, "the sharded model")
-    groups = tied_groups(plain)  # the twin is built tied (the LM head is the token embedding)
-    plain.load_state_dict(weights, assign=True)
-    retie(plain, groups)  # assign=True gave each name its own tensor: one again, saved once
+    load_state_tied(plain, weights, "the sharded model")  # the LM head stays the token embedding
     finish_variants(plain, variants)
     plain.tokenizer = getattr(model, "tokenizer", None)
     opt_view = SimpleNamespace(state_dict=lambda: optimizer_state_by_index(osd)) if osd is not None else None
