@@ -33,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", metavar="RUN", help="continue this run from its latest complete checkpoint "
                         "(or RUN/checkpoints/step_N: from that one)")
     parser.add_argument("--init-from", metavar="MODEL", help="start from this trained model (a model dir, run dir, "
-                        "GPT-2 folder, or gpt2 / gpt2-medium / gpt2-large / gpt2-xl from the Hugging Face cache) instead of random weights; its shape is kept; --lora.rank R trains "
+                        "GPT-2 folder, or gpt2 / gpt2-medium / gpt2-large / gpt2-xl from the Hugging Face "
+                        "cache) instead of random weights; its shape is kept; --lora.rank R trains "
                         "LoRA adapters on it instead of all weights")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved config, batch and memory plan; "
                         "write nothing")

@@ -51,8 +51,9 @@ def find_cached_gpt2(spec: str) -> Path:
     for repo in (f"models--openai-community--{name}", f"models--{name}"):
         snapshots = cache / repo / "snapshots"
         ref = cache / repo / "refs" / "main"
-        if ref.is_file() and (snapshots / ref.read_text().strip() / "config.json").is_file():
-            return snapshots / ref.read_text().strip()
+        named = snapshots / ref.read_text().strip() if ref.is_file() else None
+        if named is not None and (named / "config.json").is_file():
+            return named
         found = sorted(p for p in snapshots.glob("*") if (p / "config.json").is_file()) if snapshots.is_dir() else []
         if len(found) == 1:
             return found[0]

@@ -40,9 +40,9 @@ from gptforge.errors import ConfigError
 from gptforge.io import atomic_dir
 from gptforge.model.loading import unwrap_model
 from gptforge.train import checkpoint as ckpt
-from gptforge.train.allocator import keep_freed_memory
 from gptforge.train import distributed as dist
 from gptforge.train import sinks as _sinks  # noqa: F401  (registers the TensorBoard and W&B sinks)
+from gptforge.train.allocator import keep_freed_memory
 from gptforge.train.config import (
     RunConfig,
     effective_grad_accum,
