@@ -49,6 +49,7 @@ ABLATIONS = {
     "gelu": ["--model.activation", "gelu"],
     "tied": ["--model.tie_weights", "true"],
     "no-zero-init": ["--model.zero_init_proj", "false"],
+    "decay-0.1": ["--train.weight_decay", "0.1"],
 }
 
 
