@@ -124,66 +124,6 @@ def test_relu2_gradient_equals_the_power_formula_bitwise() -> None:
     assert torch.equal(ya, yb) and torch.equal(a.grad, b.grad)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("gain", [True, False])
-def test_rmsnorm_with_written_out_backward_equals_torch_rmsnorm(dtype: torch.dtype, gain: bool) -> None:
-    """Reference: torch's nn.RMSNorm through autograd. Ours (one node, backward by hand)
-    must give its values bit for bit and its gradients to float rounding, on a transposed
-    (strided) input as QK-norm sees it."""
-    from gptforge.model.layers import RMSNorm
-
-    ref = torch.nn.RMSNorm(32, eps=1e-5, elementwise_affine=gain)
-    ours = RMSNorm(32, eps=1e-5, elementwise_affine=gain)
-    if gain:
-        with torch.no_grad():
-            ref.weight.uniform_(0.5, 1.5)
-            ours.weight.copy_(ref.weight)
-    assert list(ours.state_dict()) == list(ref.state_dict())
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(3, 4, 5, 32, generator=gen).to(dtype).transpose(1, 2)  # (3, 5, 4, 32), strided
-    g = torch.randn(3, 5, 4, 32, generator=gen).to(dtype)
-    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
-    ya, yb = ref(a), ours(b)
-    ya.backward(g)
-    yb.backward(g)
-    assert yb.dtype == ya.dtype and torch.equal(ya, yb)
-    torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=2e-6)
-    if gain:
-        torch.testing.assert_close(ours.weight.grad, ref.weight.grad, rtol=1e-5, atol=1e-5)
-
-
-def test_rmsnorm_and_rotation_backwards_pass_gradcheck() -> None:
-    """The hand-written backwards against finite differences, in float64."""
-    from gptforge.model.layers import _RMSNormFunction, _Rotation, rope_cos_sin
-
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 3, 8, dtype=torch.float64, generator=gen, requires_grad=True)
-    w = torch.randn(8, dtype=torch.float64, generator=gen, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda x, w: _RMSNormFunction.apply(x, w, 1e-5), (x, w))
-    assert torch.autograd.gradcheck(lambda x: _RMSNormFunction.apply(x, None, 1e-5), (x,))
-    cos, sin = rope_cos_sin(torch.arange(3)[None], 8, 100.0)
-    cos, sin = cos.double(), sin.double()  # (1, 1, 3, 4)
-    q = torch.randn(2, 2, 3, 8, dtype=torch.float64, generator=gen, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda q: _Rotation.apply(q, cos, sin), (q,))
-
-
-def test_rope_gradient_equals_autograd_of_the_rotation() -> None:
-    """Reference: autograd through the rotation's ops; ours replays it as the rotation by
-    minus the angle, which must give the same gradient."""
-    from gptforge.model.layers import apply_rope, rope_cos_sin, rotate_pairs
-
-    cos, sin = rope_cos_sin(torch.arange(7)[None], 16, 10000.0)  # (1, 1, 7, 8)
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 3, 7, 16, generator=gen)
-    g = torch.randn(2, 3, 7, 16, generator=gen)
-    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
-    ya, yb = rotate_pairs(a, cos, sin), apply_rope(b, cos, sin)
-    ya.backward(g)
-    yb.backward(g)
-    assert torch.equal(ya, yb)
-    torch.testing.assert_close(b.grad, a.grad, rtol=1e-6, atol=1e-6)
-
-
 def test_zero_init_projections_make_every_block_the_identity() -> None:
     model = _gpt(zero_init_proj=True, positions="rope", bias=False)  # (_gpt moves biases off 0)
     assert all(float(m.weight.detach().abs().max()) == 0 for n, m in model.named_modules() if n.endswith("c_proj"))

@@ -33,55 +33,10 @@ def make_norm(config: GPTConfig, width: int) -> nn.Module:
     learnable gain (and LayerNorm's bias): a fixed, parameter-free norm.
     """
     if config.normalization == "rmsnorm":
-        return RMSNorm(width, eps=config.layer_norm_eps, elementwise_affine=config.norm_gain)
+        return nn.RMSNorm(width, eps=config.layer_norm_eps, elementwise_affine=config.norm_gain)
     if not config.norm_gain:
         return nn.LayerNorm(width, eps=config.layer_norm_eps, elementwise_affine=False)
     return nn.LayerNorm(width, eps=config.layer_norm_eps, bias=config.bias)
-
-
-class _RMSNormFunction(torch.autograd.Function):
-    """RMSNorm over the last dimension as one autograd node, its backward written out.
-
-    Why: in torch 2.13 a CPU ``rms_norm`` is composite (square, mean, add, rsqrt, two
-    multiplies), so autograd records each piece and replays a backward for each; at
-    nanoGPT's CPU shapes those ~10 small nodes, not the arithmetic, are the cost (~0.5 ms
-    per call on 2 threads against ~0.1 ms for LayerNorm's fused kernel; this is about half).
-    Computed in float32 for lower precisions, as the fused kernels do.
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
-        xf = x.to(torch.promote_types(x.dtype, torch.float32))  # (..., C)
-        rstd = torch.rsqrt((xf * xf).mean(-1, keepdim=True) + eps)  # (..., 1) = 1 / rms
-        xhat = xf * rstd  # (..., C), unit root mean square
-        ctx.save_for_backward(xhat, rstd, weight)
-        ctx.x_dtype = x.dtype
-        return (xhat if weight is None else xhat * weight).to(x.dtype)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, None]:
-        xhat, rstd, weight = ctx.saved_tensors
-        g = grad.to(xhat.dtype)  # (..., C)
-        g_xhat = g if weight is None else g * weight  # the gradient reaching xhat
-        # xhat = x / rms(x): dx = (g_xhat - xhat * mean(g_xhat * xhat)) / rms(x)
-        dot = (g_xhat * xhat).mean(-1, keepdim=True)  # (..., 1)
-        dx = torch.addcmul(g_xhat, xhat, dot, value=-1).mul_(rstd)  # (..., C)
-        dweight = None
-        if weight is not None and ctx.needs_input_grad[1]:
-            dweight = (g * xhat).sum(tuple(range(g.dim() - 1))).to(weight.dtype)  # (C,)
-        return dx.to(ctx.x_dtype), dweight, None
-
-
-class RMSNorm(nn.RMSNorm):
-    """``nn.RMSNorm`` (same parameters, same state dict, same numbers) whose CPU path is
-    :class:`_RMSNormFunction`; on a GPU torch's fused kernel runs as before."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type != "cpu":
-            return super().forward(x)
-        eps = self.eps if self.eps is not None else torch.finfo(x.dtype).eps
-        return _RMSNormFunction.apply(x, self.weight, eps)
 
 
 def rope_cos_sin(
@@ -104,41 +59,16 @@ def rope_cos_sin(
     return angles.cos()[:, None], angles.sin()[:, None]  # (B|1, 1, T, hs/2)
 
 
-def rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate each pair (x[i], x[i + hs/2]) of ``x`` (B, nh, T, hs) by its angle."""
-    half = x.shape[-1] // 2
-    xf = x.to(torch.promote_types(x.dtype, torch.float32))  # float32 at least
-    x1, x2 = xf[..., :half], xf[..., half:]  # 2 x (B, nh, T, hs/2)
-    out = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)  # (B, nh, T, hs)
-    return out.to(x.dtype)
-
-
-class _Rotation(torch.autograd.Function):
-    """:func:`rotate_pairs` as one autograd node: a rotation's backward is the rotation by
-    minus the angle (its transpose). Why: autograd would record the ~9 small ops of the
-    forward and replay a backward for each, which on a CPU costs more than the arithmetic."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(cos, sin)
-        return rotate_pairs(x, cos, sin)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        cos, sin = ctx.saved_tensors
-        return rotate_pairs(grad, cos, -sin), None, None
-
-
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate each pair (x[i], x[i + hs/2]) of ``x`` (B, nh, T, hs) by its angle.
 
     The dot product of a rotated query at position m and a rotated key at n then
     depends on m - n only: attention sees relative positions.
     """
-    if x.requires_grad and torch.is_grad_enabled():
-        return _Rotation.apply(x, cos, sin)
-    return rotate_pairs(x, cos, sin)
+    half = x.shape[-1] // 2
+    x1, x2 = x.float()[..., :half], x.float()[..., half:]  # 2 x (B, nh, T, hs/2)
+    out = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)  # (B, nh, T, hs)
+    return out.to(x.dtype)
 
 
 class ReLUSquared(nn.Module):
